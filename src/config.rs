@@ -1,0 +1,782 @@
+//! Configuration: the YAML file (a ConfigMap in a cluster), its defaults and its validation.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere); validation is a second pass that collects
+//! every problem, each named by its key path, so one run of `loglet check-config` shows them all.
+//! Every default is a named constant beside its field with the reason for its value;
+//! docs/configuration.md documents every key and a test checks that it does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The host's root as seen by loglet; every host path below is taken relative to it.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// The node loglet runs on (default: the `NODE_NAME` environment variable).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Where checkpoints are kept; must survive Pod restarts (a hostPath).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub logs: LogsConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: OwnLogConfig,
+    /// Where records go, by name. Default: one `stdout` sink.
+    #[serde(default = "default_sinks")]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// The kubelet's and the DaemonSet's conventional place for node agents' state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/loglet";
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+fn default_sinks() -> BTreeMap<String, SinkConfig> {
+    BTreeMap::from([("stdout".to_string(), SinkConfig::stdout())])
+}
+
+/// What to read and how.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// The kubelet's Pod log directory, relative to `root`.
+    pub pods_dir: PathBuf,
+    /// The `/var/log/containers` symlinks (read for container IDs only), relative to `root`.
+    pub containers_dir: PathBuf,
+    /// Globs over `<namespace>/<pod>/<container>`; empty means everything.
+    pub include: Vec<String>,
+    /// Globs over `<namespace>/<pod>/<container>`; applied after `include`.
+    pub exclude: Vec<String>,
+    /// Where to start in a file that has no checkpoint.
+    pub read_from: ReadFrom,
+    /// Files without a checkpoint last modified longer ago than this are not read (0: no limit).
+    pub ignore_older_than: Dur,
+    /// How files are noticed: inotify with a rescan as safety net, or polling only.
+    pub watch: WatchMode,
+    /// The safety-net rescan of the directories (inotify can miss events).
+    pub rescan_interval: Dur,
+    /// How often open files are checked for growth when nothing signals it (poll mode, or the
+    /// safety net under inotify).
+    pub poll_interval: Dur,
+    /// Lines longer than this are cut (and counted); bounds memory per partial line.
+    pub max_line_bytes: ByteSize,
+    /// A partial line whose rest never comes is flushed after this long.
+    pub partial_flush_timeout: Dur,
+    /// At most this many files are held open at once.
+    pub max_open_files: usize,
+    /// Deleted files are held open until drained, but hold at most this much disk between them;
+    /// beyond it the oldest are released and their unread bytes counted as lost.
+    pub max_deleted_bytes_held: ByteSize,
+    /// How much one file may read in its turn before the next file gets its turn (fairness).
+    pub read_chunk_bytes: ByteSize,
+}
+
+/// Reading 256 KiB blocks amortises the syscall over ~1000 lines and stays cache friendly.
+pub const DEFAULT_READ_CHUNK_BYTES: u64 = 256 * 1024;
+/// Loki's default `max_line_size`; larger lines are rejected by most backends anyway.
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 256 * 1024;
+/// Long enough for a runtime to finish a line it is writing in chunks, short enough for an
+/// operator watching a stream without newline.
+pub const DEFAULT_PARTIAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A fraction of a typical `ulimit -n` of 65536 that still covers several hundred containers with
+/// their rotated files.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
+/// Five kubelet-rotated files of 10 MiB for 40 busy containers: bounded, yet far above normal.
+pub const DEFAULT_MAX_DELETED_BYTES_HELD: u64 = 2 * 1024 * 1024 * 1024;
+/// inotify misses events under overflow; a slow rescan is the safety net, cheap at 10 s.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// Quick enough for sub-second lag in poll mode, a few hundred `fstat`s a second at worst.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            pods_dir: PathBuf::from("/var/log/pods"),
+            containers_dir: PathBuf::from("/var/log/containers"),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            read_from: ReadFrom::Beginning,
+            ignore_older_than: Dur(Duration::ZERO),
+            watch: WatchMode::Inotify,
+            rescan_interval: Dur(DEFAULT_RESCAN_INTERVAL),
+            poll_interval: Dur(DEFAULT_POLL_INTERVAL),
+            max_line_bytes: ByteSize(DEFAULT_MAX_LINE_BYTES),
+            partial_flush_timeout: Dur(DEFAULT_PARTIAL_FLUSH_TIMEOUT),
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            max_deleted_bytes_held: ByteSize(DEFAULT_MAX_DELETED_BYTES_HELD),
+            read_chunk_bytes: ByteSize(DEFAULT_READ_CHUNK_BYTES),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    Inotify,
+    Poll,
+}
+
+/// Batching between the tailer and the sinks, and checkpointing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// A batch from the tailer holds at most this many records.
+    pub batch_max_records: usize,
+    /// A batch from the tailer holds at most this many bytes of log content.
+    pub batch_max_bytes: ByteSize,
+    /// How many batches may wait for the sinks; when full, the tailer stops reading.
+    pub queue_batches: usize,
+    /// How often acknowledged positions are written to the state directory.
+    pub checkpoint_interval: Dur,
+    /// On SIGTERM, how long in-flight batches may take to be delivered before loglet exits.
+    pub shutdown_grace: Dur,
+}
+
+/// ~1000 lines of a typical 240 bytes: big enough to amortise, small enough for low latency.
+pub const DEFAULT_BATCH_MAX_RECORDS: usize = 1024;
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 512 * 1024;
+/// Eight batches of 512 KiB bound what waits in memory to 4 MiB.
+pub const DEFAULT_QUEUE_BATCHES: usize = 8;
+/// A crash re-sends at most about a second of acknowledged lines.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Below the DaemonSet's terminationGracePeriodSeconds (30) with room to write checkpoints.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
+            batch_max_bytes: ByteSize(DEFAULT_BATCH_MAX_BYTES),
+            queue_batches: DEFAULT_QUEUE_BATCHES,
+            checkpoint_interval: Dur(DEFAULT_CHECKPOINT_INTERVAL),
+            shutdown_grace: Dur(DEFAULT_SHUTDOWN_GRACE),
+        }
+    }
+}
+
+/// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port`; the DaemonSet's config sets `0.0.0.0:9464` so probes and Prometheus reach it.
+    pub listen: String,
+    /// Set false to run without the HTTP server.
+    pub enabled: bool,
+}
+
+/// The port everything agrees on: the code, the Dockerfile and the manifests (a test checks).
+pub const METRICS_PORT: u16 = 9464;
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: format!("127.0.0.1:{METRICS_PORT}"),
+            enabled: true,
+        }
+    }
+}
+
+/// loglet's own log output (on stderr).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnLogConfig {
+    /// A `tracing` filter such as `info` or `loglet::tail=debug` (`RUST_LOG` overrides it).
+    pub level: String,
+    pub format: OwnLogFormat,
+}
+
+impl Default for OwnLogConfig {
+    fn default() -> Self {
+        OwnLogConfig {
+            level: "info".to_string(),
+            format: OwnLogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnLogFormat {
+    Text,
+    Json,
+}
+
+/// One sink: its type, the options every HTTP sink shares, and its type's own options.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// The endpoint (for `http`, the full URL; for the others, the base URL of the backend).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub batch: SinkBatchConfig,
+    #[serde(default)]
+    pub request: RequestConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Extra HTTP headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl SinkConfig {
+    pub fn stdout() -> Self {
+        SinkConfig {
+            kind: SinkType::Stdout,
+            url: None,
+            compression: Compression::None,
+            batch: SinkBatchConfig::default(),
+            request: RequestConfig::default(),
+            tls: TlsConfig::default(),
+            auth: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkType {
+    /// One JSON object per line on loglet's stdout.
+    Stdout,
+    /// NDJSON POSTed to a URL.
+    Http,
+}
+
+impl SinkType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkType::Stdout => "stdout",
+            SinkType::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+    Snappy,
+}
+
+/// How a sink groups records into requests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkBatchConfig {
+    pub max_records: usize,
+    /// Before compression.
+    pub max_bytes: ByteSize,
+    /// A request is sent at the latest this long after its first record arrived.
+    pub timeout: Dur,
+}
+
+/// Most backends accept 5 MiB bodies comfortably (ES recommends 5–15 MiB, Loki's gRPC limit is 4 MiB
+/// compressed); 1 MiB keeps latency and retry cost low.
+pub const DEFAULT_SINK_MAX_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_SINK_MAX_RECORDS: usize = 10_000;
+/// Sub-second delivery under light load.
+pub const DEFAULT_SINK_BATCH_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Default for SinkBatchConfig {
+    fn default() -> Self {
+        SinkBatchConfig {
+            max_records: DEFAULT_SINK_MAX_RECORDS,
+            max_bytes: ByteSize(DEFAULT_SINK_MAX_BYTES),
+            timeout: Dur(DEFAULT_SINK_BATCH_TIMEOUT),
+        }
+    }
+}
+
+/// How a sink sends and retries.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestConfig {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// A request that takes longer is abandoned and retried.
+    pub timeout: Dur,
+    /// The first retry waits this long; each next one twice as long, with jitter.
+    pub retry_initial_backoff: Dur,
+    pub retry_max_backoff: Dur,
+}
+
+/// Two requests in flight hide one round trip without piling load on a struggling backend.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Retries never stop (the files are the buffer), but never wait more than 30 s apart.
+pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig {
+            concurrency: DEFAULT_CONCURRENCY,
+            timeout: Dur(DEFAULT_REQUEST_TIMEOUT),
+            retry_initial_backoff: Dur(DEFAULT_RETRY_INITIAL_BACKOFF),
+            retry_max_backoff: Dur(DEFAULT_RETRY_MAX_BACKOFF),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of CA certificates to trust in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. Only for tests; never the default.
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum AuthConfig {
+    Basic {
+        user: String,
+        #[serde(serialize_with = "redact")]
+        password: Option<String>,
+        password_file: Option<PathBuf>,
+    },
+    /// `Authorization: Bearer <token>`; a token file is re-read when it changes (projected
+    /// service-account tokens rotate).
+    Bearer {
+        #[serde(default, serialize_with = "redact")]
+        token: Option<String>,
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfig::Basic {
+                user,
+                password_file,
+                ..
+            } => f
+                .debug_struct("Basic")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .field("password_file", password_file)
+                .finish(),
+            AuthConfig::Bearer { token_file, .. } => f
+                .debug_struct("Bearer")
+                .field("token", &"<redacted>")
+                .field("token_file", token_file)
+                .finish(),
+        }
+    }
+}
+
+/// Secrets never leave loglet through `check-config` or logs.
+fn redact<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A duration written with a unit: `250ms`, `5s`, `1m`, `2h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| format!("`{s}` has no unit (use ms, s, m or h)"))?;
+        let (num, unit) = s.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number followed by a unit"))?;
+        let secs = match unit.trim() {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            other => return Err(format!("`{other}` is not a duration unit (use ms, s, m or h)")),
+        };
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(format!("`{s}` is out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 || ms == 0 {
+            write!(f, "{ms}ms")
+        } else if ms % 3_600_000 == 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size in bytes: `1048576`, `512KiB`, `10Mi`, `1MB`, `2GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (e.g. 512KiB, 10MiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KB" => 1000,
+            "Ki" | "KiB" => 1 << 10,
+            "M" | "MB" => 1000 * 1000,
+            "Mi" | "MiB" => 1 << 20,
+            "G" | "GB" => 1000 * 1000 * 1000,
+            "Gi" | "GiB" => 1 << 30,
+            other => return Err(format!("`{other}` is not a size unit (use B, KiB, MiB, GiB)")),
+        };
+        value
+            .checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is out of range"))
+    }
+
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b != 0 && b % (1 << 30) == 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b != 0 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b != 0 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid configuration:\n  {}", problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    /// The embedded default: read every container log under `/var/log/pods`, print to stdout.
+    pub fn embedded_default() -> Config {
+        Config::parse_str("{}", Path::new("<embedded default>")).expect("the default parses")
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse_str(&text, path)
+    }
+
+    /// Parse and validate config text; `path` names it in messages.
+    pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // An empty file is the default config, as `{}` is.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Every semantic problem, each prefixed by its key path.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let logs = &self.logs;
+        for (key, globs) in [("logs.include", &logs.include), ("logs.exclude", &logs.exclude)] {
+            for (i, g) in globs.iter().enumerate() {
+                if let Err(e) = glob::Pattern::new(g) {
+                    p.push(format!("{key}[{i}]: `{g}` is not a valid glob: {e}"));
+                }
+            }
+        }
+        if logs.max_line_bytes.0 < 1024 {
+            p.push("logs.max_line_bytes: must be at least 1KiB".into());
+        }
+        if logs.read_chunk_bytes.0 < 4096 || logs.read_chunk_bytes.0 > 64 << 20 {
+            p.push("logs.read_chunk_bytes: must be between 4KiB and 64MiB".into());
+        }
+        if logs.max_open_files < 8 {
+            p.push("logs.max_open_files: must be at least 8".into());
+        }
+        for (key, d) in [
+            ("logs.rescan_interval", logs.rescan_interval),
+            ("logs.poll_interval", logs.poll_interval),
+            ("logs.partial_flush_timeout", logs.partial_flush_timeout),
+            ("pipeline.checkpoint_interval", self.pipeline.checkpoint_interval),
+        ] {
+            if d.0.is_zero() {
+                p.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.pipeline.batch_max_records == 0 {
+            p.push("pipeline.batch_max_records: must be at least 1".into());
+        }
+        if self.pipeline.queue_batches == 0 {
+            p.push("pipeline.queue_batches: must be at least 1".into());
+        }
+        if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "metrics.listen: `{}` is not an address such as 0.0.0.0:{METRICS_PORT}",
+                self.metrics.listen
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(format!("log.level: `{}` is not a valid filter: {e}", self.log.level));
+        }
+        if self.sinks.is_empty() {
+            p.push("sinks: at least one sink is needed".into());
+        }
+        for (name, sink) in &self.sinks {
+            sink.problems(&format!("sinks.{name}"), &mut p);
+        }
+        p
+    }
+
+    /// A host path (as configured, absolute on the host) under `root`.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        self.root.join(rel)
+    }
+}
+
+impl SinkConfig {
+    fn problems(&self, key: &str, p: &mut Vec<String>) {
+        match self.kind {
+            SinkType::Stdout => {
+                if self.url.is_some() {
+                    p.push(format!("{key}.url: a stdout sink has no url"));
+                }
+            }
+            _ => match self.url.as_deref().map(reqwest::Url::parse) {
+                None => p.push(format!("{key}.url: required for a {} sink", self.kind.as_str())),
+                Some(Err(e)) => p.push(format!("{key}.url: {e}")),
+                Some(Ok(u)) if !matches!(u.scheme(), "http" | "https") => {
+                    p.push(format!("{key}.url: scheme must be http or https, not {}", u.scheme()))
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+        if self.batch.max_records == 0 {
+            p.push(format!("{key}.batch.max_records: must be at least 1"));
+        }
+        if self.request.concurrency == 0 || self.request.concurrency > 64 {
+            p.push(format!("{key}.request.concurrency: must be between 1 and 64"));
+        }
+        if self.request.timeout.0.is_zero() {
+            p.push(format!("{key}.request.timeout: must be greater than 0"));
+        }
+        if self.request.retry_initial_backoff > self.request.retry_max_backoff {
+            p.push(format!(
+                "{key}.request.retry_initial_backoff: must not exceed retry_max_backoff"
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            p.push(format!("{key}.tls: cert_file and key_file go together"));
+        }
+        match &self.auth {
+            Some(AuthConfig::Basic {
+                password,
+                password_file,
+                ..
+            }) if password.is_some() == password_file.is_some() => p.push(format!(
+                "{key}.auth.basic: exactly one of password and password_file is needed"
+            )),
+            Some(AuthConfig::Bearer { token, token_file })
+                if token.is_some() == token_file.is_some() =>
+            {
+                p.push(format!(
+                    "{key}.auth.bearer: exactly one of token and token_file is needed"
+                ))
+            }
+            _ => {}
+        }
+        for name in self.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(format!("{key}.headers: `{name}` is not a valid header name"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_str(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.sinks["stdout"].kind, SinkType::Stdout);
+        assert_eq!(c.logs.pods_dir, PathBuf::from("/var/log/pods"));
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units() {
+        assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert!(Dur::parse("5").is_err());
+        assert!(Dur::parse("5 weeks").is_err());
+        assert_eq!(ByteSize::parse("10Mi").unwrap().0, 10 << 20);
+        assert_eq!(ByteSize::parse("512KiB").unwrap().0, 512 << 10);
+        assert_eq!(ByteSize::parse("1MB").unwrap().0, 1_000_000);
+        assert!(ByteSize::parse("1TB").is_err());
+        assert!(ByteSize::parse("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let e = parse("logs:\n  max_line_byte: 1KiB\n").unwrap_err().to_string();
+        assert!(e.contains("max_line_byte"), "{e}");
+        assert!(e.starts_with("test.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let e = parse(
+            "logs:\n  include: ['[']\n  poll_interval: 0ms\nsinks:\n  out:\n    type: http\n    url: 'not a url'\n    request: {concurrency: 0}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "logs.include[0]",
+            "logs.poll_interval: must be greater than 0",
+            "sinks.out.url",
+            "sinks.out.request.concurrency",
+        ] {
+            assert!(e.contains(want), "missing {want} in {e}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_what_was_expected() {
+        let e = parse("logs:\n  rescan_interval: soon\n").unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        let e = parse("logs:\n  watch: fanotify\n").unwrap_err().to_string();
+        assert!(e.contains("fanotify"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let c = parse(
+            "sinks:\n  out:\n    type: http\n    url: http://x/\n    auth: {bearer: {token: s3cret}}\n",
+        )
+        .unwrap();
+        let printed = serde_saphyr::to_string(&c).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

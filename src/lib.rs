@@ -1,0 +1,9 @@
+//! loglet: a Kubernetes node-level log collector. It tails the container logs the kubelet and the
+//! runtime write on a node, enriches each line with its Pod's metadata, and ships it in batches
+//! to central backends, at least once. See docs/ARCHITECTURE.md for the map of the modules.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod metrics;
+pub mod record;
+pub mod sink;

@@ -1,0 +1,4 @@
+//! loglet: the command line. `run`, `check-config` and `--version`.
+#![forbid(unsafe_code)]
+
+fn main() {}
