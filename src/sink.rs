@@ -2,3 +2,4 @@
 //! every backend; the backends' wire formats live beside it.
 
 pub mod format;
+pub mod json;
