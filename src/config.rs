@@ -22,7 +22,7 @@ pub struct Config {
     /// The node loglet runs on (default: the `NODE_NAME` environment variable).
     #[serde(default)]
     pub node_name: Option<String>,
-    /// Where checkpoints are kept; must survive Pod restarts (a hostPath).
+    /// Where checkpoints are kept (under `root`); must survive Pod restarts (a hostPath).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default)]

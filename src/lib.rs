@@ -4,6 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod decode;
+pub mod discover;
+pub mod kube;
 pub mod metrics;
+pub mod pipeline;
 pub mod record;
 pub mod sink;
+pub mod tail;

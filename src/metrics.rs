@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -67,6 +67,10 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     pub sink_in_flight: IntGaugeVec,
     pub sink_latency: HistogramVec,
+
+    // enrich
+    /// Files whose lines went out with file-name metadata only, after waiting for the watcher.
+    pub metadata_missing: IntCounter,
 
     pub build_info: IntGaugeVec,
     pub up_since: prometheus::Gauge,
@@ -262,6 +266,11 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            metadata_missing: counter(
+                &r,
+                "loglet_metadata_missing_total",
+                "Files whose Pod was not known after the metadata wait: their lines carry only what the path tells",
+            ),
             build_info: gauge_vec(
                 &r,
                 "loglet_build_info",
@@ -320,9 +329,35 @@ impl Metrics {
     }
 }
 
-/// A latency histogram timer that is not tied to one sink's label set (for tests and tools).
-pub fn histogram(name: &str, help: &str) -> Histogram {
-    Histogram::with_opts(HistogramOpts::new(name, help)).expect("valid metric")
+/// A warning logged at most once per interval, with the count of those it suppressed.
+pub struct RateLimited {
+    interval: std::time::Duration,
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimited {
+    pub fn new(interval: std::time::Duration) -> RateLimited {
+        RateLimited {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Calls `log` with the number of warnings suppressed since the last one, or counts this one
+    /// as suppressed.
+    pub fn warn(&self, log: impl FnOnce(u64)) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match st.0 {
+            Some(last) if now.duration_since(last) < self.interval => st.1 += 1,
+            _ => {
+                let suppressed = st.1;
+                *st = (Some(now), 0);
+                drop(st);
+                log(suppressed);
+            }
+        }
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {

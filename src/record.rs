@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::tail::checkpoint::Ack;
+
 /// The stream a line was written to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -116,4 +118,11 @@ impl PodMeta {
     pub fn container(&self, name: &str) -> Option<&ContainerMeta> {
         self.containers.iter().find(|c| c.name == name)
     }
+}
+
+/// What the tailer hands to the sinks: records in file order, and the acknowledgement that moves
+/// their files' checkpoints once every sink is done with them.
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub ack: Arc<Ack>,
 }

@@ -1,5 +1,271 @@
 //! sink: batching, encoding, compression, sending, retrying and acknowledging, one mechanism for
 //! every backend; the backends' wire formats live beside it.
+//!
+//! A sink task collects the tailer's batches into requests (by record count, bytes and time),
+//! encodes them with its backend's [`format::Format`], compresses, and sends with bounded
+//! concurrency. A request is retried with exponential backoff and jitter (honouring
+//! `Retry-After`) for as long as the backend asks for it; the files on disk hold what waits. A
+//! batch is acknowledged, and its files' checkpoints move, only once the backend accepted its
+//! records or rejected them for good (counted in `loglet_sink_dropped_records_total`).
 
 pub mod format;
 pub mod json;
+pub mod transport;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::{Compression, SinkConfig, SinkType};
+use crate::metrics::{Metrics, RateLimited};
+use crate::record::{Batch, Record};
+use format::{Encoder, Format, Outcome};
+use transport::{Answer, Transport, TransportError};
+
+/// The longest wait loglet honours from a `Retry-After`.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The wire format of a sink type.
+fn format_for(cfg: &SinkConfig) -> Arc<dyn Format> {
+    match cfg.kind {
+        SinkType::Stdout | SinkType::Http => Arc::new(json::NdjsonFormat),
+    }
+}
+
+/// A running sink: the queue the tailer feeds, and its task.
+pub struct Sink {
+    pub name: String,
+    pub queue: mpsc::Sender<Arc<Batch>>,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts a sink on the current tokio runtime.
+pub fn start(name: &str, cfg: &SinkConfig, queue_batches: usize, metrics: Arc<Metrics>) -> Result<Sink, TransportError> {
+    let format = format_for(cfg);
+    let mut headers = HeaderMap::new();
+    format.headers(&mut headers);
+    let transport = Transport::new(cfg, headers, format.path())?;
+    let (tx, rx) = mpsc::channel(queue_batches);
+    let shared = Arc::new(Shared {
+        name: name.to_string(),
+        encoder: Mutex::new(format.encoder()),
+        format,
+        transport,
+        compression: cfg.compression,
+        initial_backoff: cfg.request.retry_initial_backoff.0,
+        max_backoff: cfg.request.retry_max_backoff.0,
+        metrics,
+        warn: RateLimited::new(Duration::from_secs(10)),
+    });
+    let task = tokio::spawn(collect(shared, rx, cfg.clone()));
+    Ok(Sink {
+        name: name.to_string(),
+        queue: tx,
+        task,
+    })
+}
+
+/// What every request of a sink shares.
+struct Shared {
+    name: String,
+    format: Arc<dyn Format>,
+    encoder: Mutex<Box<dyn Encoder>>,
+    transport: Transport,
+    compression: Compression,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    metrics: Arc<Metrics>,
+    warn: RateLimited,
+}
+
+/// Gathers batches into requests and sends them, at most `concurrency` at once, until the
+/// tailer closes the queue; then sends what is left and waits for every request to finish.
+async fn collect(shared: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, cfg: SinkConfig) {
+    let concurrency = cfg.request.concurrency;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut pending: Vec<Arc<Batch>> = Vec::new();
+    let (mut records, mut bytes) = (0usize, 0usize);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let full = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(b) => {
+                    if pending.is_empty() {
+                        deadline = Some(tokio::time::Instant::now() + cfg.batch.timeout.0);
+                    }
+                    records += b.records.len();
+                    bytes += b.records.iter().map(|r| r.line.len()).sum::<usize>();
+                    pending.push(b);
+                    records >= cfg.batch.max_records || bytes as u64 >= cfg.batch.max_bytes.0
+                }
+                None => break,
+            },
+            () = timer => true,
+        };
+        if full && !pending.is_empty() {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let batches = std::mem::take(&mut pending);
+            (records, bytes, deadline) = (0, 0, None);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                deliver(&shared, batches).await;
+                drop(permit);
+            });
+        }
+    }
+    if !pending.is_empty() {
+        deliver(&shared, pending).await;
+    }
+    // Every request in flight is done when every slot is free again.
+    let _ = slots.acquire_many(concurrency as u32).await;
+}
+
+/// Sends one request's batches until the backend has taken or refused every record, then
+/// acknowledges them.
+async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
+    let sink = shared.name.as_str();
+    let m = &shared.metrics;
+    let mut todo: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
+    let mut attempt: u32 = 0;
+    let in_flight = m.sink_in_flight.with_label_values(&[sink]);
+    while !todo.is_empty() {
+        let mut body = Vec::with_capacity(todo.iter().map(|r| r.line.len() + 256).sum());
+        shared
+            .encoder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .encode(&todo, &mut body);
+        let raw_len = body.len();
+        let (body, encoding) = transport::compress(shared.compression, body);
+        let sent_len = body.len();
+        in_flight.inc();
+        let started = Instant::now();
+        let answer = shared
+            .transport
+            .send(shared.format.content_type(), encoding, Bytes::from(body))
+            .await;
+        in_flight.dec();
+        m.sink_latency.with_label_values(&[sink]).observe(started.elapsed().as_secs_f64());
+        let outcome = match answer {
+            Ok(Answer { status, headers, body }) => {
+                if !status.is_success() {
+                    m.sink_errors.with_label_values(&[sink, status.as_str()]).inc();
+                }
+                shared.format.outcome(status, &headers, &body, todo.len())
+            }
+            Err(e) => {
+                m.sink_errors.with_label_values(&[sink, e.label()]).inc();
+                Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let delivered = |n: usize| {
+            m.sink_records.with_label_values(&[sink]).inc_by(n as u64);
+            m.sink_bytes.with_label_values(&[sink]).inc_by(raw_len as u64);
+            m.sink_bytes_compressed.with_label_values(&[sink]).inc_by(sent_len as u64);
+        };
+        match outcome {
+            Outcome::Delivered => {
+                m.sink_requests.with_label_values(&[sink, "delivered"]).inc();
+                delivered(todo.len());
+                todo.clear();
+            }
+            Outcome::Rejected { reason } => {
+                m.sink_requests.with_label_values(&[sink, "rejected"]).inc();
+                m.sink_dropped.with_label_values(&[sink, "rejected"]).inc_by(todo.len() as u64);
+                shared.warn.warn(|suppressed| {
+                    tracing::warn!(sink, records = todo.len(), reason = %reason, suppressed, "backend rejected a request for good; its records are dropped")
+                });
+                todo.clear();
+            }
+            Outcome::Partial { retry, rejected, reason } => {
+                m.sink_requests.with_label_values(&[sink, "partial"]).inc();
+                let accepted = todo.len().saturating_sub(retry.len() + rejected);
+                delivered(accepted);
+                if rejected > 0 {
+                    m.sink_dropped.with_label_values(&[sink, "item_rejected"]).inc_by(rejected as u64);
+                    shared.warn.warn(|suppressed| {
+                        tracing::warn!(sink, rejected, reason = %reason, suppressed, "backend rejected some records for good; they are dropped")
+                    });
+                }
+                todo = retry.into_iter().filter_map(|i| todo.get(i).copied()).collect();
+                if !todo.is_empty() {
+                    m.sink_retries.with_label_values(&[sink]).inc();
+                    tokio::time::sleep(shared.backoff(attempt, None)).await;
+                    attempt += 1;
+                }
+            }
+            Outcome::Retry { after, reason } => {
+                m.sink_requests.with_label_values(&[sink, "retry"]).inc();
+                m.sink_retries.with_label_values(&[sink]).inc();
+                let wait = shared.backoff(attempt, after);
+                shared.warn.warn(|suppressed| {
+                    tracing::warn!(sink, records = todo.len(), reason = %reason, retry_in = ?wait, attempt, suppressed, "request failed; retrying")
+                });
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+    for b in &batches {
+        b.ack.done();
+    }
+}
+
+impl Shared {
+    /// Exponential backoff with equal jitter: between half and all of `initial * 2^attempt`,
+    /// capped; a `Retry-After` from the backend wins when it asks for longer.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_backoff);
+        let half = exp / 2;
+        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+        let wait = half + Duration::from_millis(jitter);
+        match retry_after {
+            Some(after) => wait.max(after.min(MAX_RETRY_AFTER)),
+            None => wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after() {
+        let shared = Shared {
+            name: "t".into(),
+            format: Arc::new(json::NdjsonFormat),
+            encoder: Mutex::new(json::NdjsonFormat.encoder()),
+            transport: Transport::Stdout,
+            compression: Compression::None,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            metrics: Metrics::new(),
+            warn: RateLimited::new(Duration::from_secs(1)),
+        };
+        for attempt in 0..10 {
+            let full = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(2));
+            let d = shared.backoff(attempt, None);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        assert_eq!(shared.backoff(0, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(shared.backoff(0, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+    }
+}

@@ -273,6 +273,29 @@ impl super::format::Encoder for NdjsonEncoder {
     }
 }
 
+/// loglet's own JSON event as NDJSON, for the `http` and `stdout` sinks.
+pub struct NdjsonFormat;
+
+impl super::format::Format for NdjsonFormat {
+    fn content_type(&self) -> &'static str {
+        "application/x-ndjson"
+    }
+
+    fn encoder(&self) -> Box<dyn super::format::Encoder> {
+        Box::new(NdjsonEncoder::new())
+    }
+
+    fn outcome(
+        &self,
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        _records: usize,
+    ) -> super::format::Outcome {
+        super::format::outcome_from_status(status, headers, body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

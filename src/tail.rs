@@ -1,0 +1,1297 @@
+//! tail: one reader per file identity (device + inode, guarded by a fingerprint of the first
+//! line), following the kubelet's rotation, draining renamed and deleted files through their open
+//! descriptor, recovering from `.gz` what rotation compressed while loglet was down, and stopping
+//! when the sinks are full, so the files on disk are the buffer.
+//!
+//! Kubelet rotation: <https://github.com/kubernetes/kubernetes/blob/master/pkg/kubelet/logs/container_log_manager.go>.
+//! One thread runs the whole stage: discovery, reading, decoding and batching. It reads each file
+//! in turn, one block at a time, so one chatty container cannot starve the others.
+
+pub mod checkpoint;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::Receiver;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ReadFrom, WatchMode};
+use crate::decode::{Clock, DecodeOptions, Decoded, Decoder, FileFormat};
+use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyError};
+use crate::kube::PodStore;
+use crate::metrics::Metrics;
+use crate::record::{Batch, Record, Source};
+use checkpoint::{Checkpoints, FileKey, Position, Update};
+
+/// The first line (at most this many bytes) identifies a file's content.
+const FINGERPRINT_BYTES: usize = 256;
+/// Room for the CRI or Docker framing around a line of `max_line_bytes`.
+const FRAMING_BYTES: usize = 4096;
+
+/// FNV-1a, 64 bit: stable across Rust versions and platforms, since it is persisted.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The fingerprint of a file whose first bytes are `head`: the hash of its first line (with its
+/// newline), or of its first 256 bytes when the line is longer; `None` while the file is too
+/// short to tell.
+fn fingerprint(head: &[u8]) -> Option<u64> {
+    match memchr::memchr(b'\n', head) {
+        Some(nl) if nl < FINGERPRINT_BYTES => Some(fnv1a(&head[..=nl])),
+        _ if head.len() >= FINGERPRINT_BYTES => Some(fnv1a(&head[..FINGERPRINT_BYTES])),
+        _ => None,
+    }
+}
+
+/// Where the file is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// At its path (current or rotated): followed.
+    Present,
+    /// Deleted or moved away while open: drained through the descriptor, then let go.
+    Gone { since: Instant },
+}
+
+enum Handle {
+    Plain(File),
+    /// A `.gz` left by rotation while loglet was down, read from the checkpoint on; `pos` is the
+    /// decompressed offset the decoder stands at.
+    Gz(Box<flate2::read::GzDecoder<File>>),
+}
+
+struct TailFile {
+    key: FileKey,
+    fingerprint: Option<u64>,
+    found: Found,
+    source: Arc<Source>,
+    meta_generation: u64,
+    meta_known: bool,
+    first_seen: Instant,
+    handle: Option<Handle>,
+    life: Life,
+    /// The next byte to read.
+    offset: u64,
+    /// An incomplete line, starting at `carry_start`.
+    carry: Vec<u8>,
+    carry_start: u64,
+    /// The line being read is over the cap: bytes are dropped until its newline.
+    discarding: bool,
+    decoder: Option<Decoder>,
+    /// Size at the last look (for lag and for what is lost if the file goes unread).
+    size: u64,
+    last_growth: Instant,
+    /// The position last handed to the checkpoints.
+    acked_to: u64,
+    /// This file's `Gz` copy is being read under the original's key.
+    from_gz: bool,
+}
+
+impl TailFile {
+    fn unread(&self) -> u64 {
+        self.size.saturating_sub(self.offset)
+    }
+
+    /// The offset up to which every line was turned into records: complete lines only, and
+    /// never past a partial line still being assembled.
+    fn safe_offset(&self) -> u64 {
+        let consumed = self.carry_start;
+        match self.decoder.as_ref().and_then(Decoder::pending_from) {
+            Some(p) => p.min(consumed),
+            None => consumed,
+        }
+    }
+}
+
+/// Settings the tailer takes from the config, checked once.
+pub struct TailSettings {
+    pub layout: Layout,
+    pub filter: Filter,
+    pub read_from: ReadFrom,
+    pub ignore_older_than: Duration,
+    pub watch: WatchMode,
+    pub rescan_interval: Duration,
+    pub poll_interval: Duration,
+    pub read_chunk: usize,
+    pub max_open_files: usize,
+    pub max_deleted_bytes_held: u64,
+    pub decode: DecodeOptions,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    /// How long the lines of a Pod the watcher has not reported yet wait for its metadata.
+    pub metadata_wait: Duration,
+}
+
+impl TailSettings {
+    pub fn from_config(config: &Config, self_pod_uid: Option<String>, metadata_wait: Duration) -> Self {
+        let logs = &config.logs;
+        TailSettings {
+            layout: Layout {
+                root: config.root.clone(),
+                pods_dir: config.host_path(&logs.pods_dir),
+                containers_dir: config.host_path(&logs.containers_dir),
+            },
+            filter: Filter::new(&logs.include, &logs.exclude, self_pod_uid),
+            read_from: logs.read_from,
+            ignore_older_than: logs.ignore_older_than.0,
+            watch: logs.watch,
+            rescan_interval: logs.rescan_interval.0,
+            poll_interval: logs.poll_interval.0,
+            read_chunk: logs.read_chunk_bytes.as_usize(),
+            max_open_files: logs.max_open_files,
+            max_deleted_bytes_held: logs.max_deleted_bytes_held.0,
+            decode: DecodeOptions {
+                max_line_bytes: logs.max_line_bytes.as_usize(),
+                partial_flush_timeout: logs.partial_flush_timeout.0,
+            },
+            batch_max_records: config.pipeline.batch_max_records,
+            batch_max_bytes: config.pipeline.batch_max_bytes.as_usize(),
+            metadata_wait,
+        }
+    }
+}
+
+/// Where batches go: one queue per sink, and the signal to stop.
+pub struct Outputs {
+    pub sinks: Vec<mpsc::Sender<Arc<Batch>>>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Records and checkpoint updates gathered for the next batch.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    bytes: usize,
+    updates: Vec<Update>,
+    index: HashMap<FileKey, usize>,
+}
+
+impl Pending {
+    fn update(&mut self, key: FileKey, update: Update) {
+        match self.index.get(&key) {
+            Some(&i) => self.updates[i] = update,
+            None => {
+                self.index.insert(key, self.updates.len());
+                self.updates.push(update);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.updates.is_empty()
+    }
+}
+
+/// The tail stage.
+pub struct Tailer {
+    s: TailSettings,
+    files: HashMap<FileKey, TailFile>,
+    /// Round-robin order of the files.
+    order: Vec<FileKey>,
+    /// Files with something to read.
+    ready: HashSet<FileKey>,
+    /// Positions from the checkpoint file not matched to a file yet.
+    restored: HashMap<FileKey, Position>,
+    /// `.gz` files already looked at.
+    gz_seen: HashSet<FileKey>,
+    container_ids: HashMap<String, String>,
+    checkpoints: Arc<Checkpoints>,
+    store: PodStore,
+    metrics: Arc<Metrics>,
+    notifier: Option<Notifier>,
+    notices: Receiver<Notice>,
+    notices_tx: crossbeam_channel::Sender<Notice>,
+    /// Container directories inotify said changed.
+    dirty_dirs: HashSet<PathBuf>,
+    open_files: usize,
+    pending: Pending,
+    decoded: Vec<Decoded>,
+    started: bool,
+}
+
+impl Tailer {
+    pub fn new(
+        s: TailSettings,
+        restored: Vec<Position>,
+        checkpoints: Arc<Checkpoints>,
+        store: PodStore,
+        metrics: Arc<Metrics>,
+    ) -> Tailer {
+        let (notices_tx, notices) = crossbeam_channel::unbounded();
+        Tailer {
+            s,
+            files: HashMap::new(),
+            order: Vec::new(),
+            ready: HashSet::new(),
+            restored: restored.into_iter().map(|p| (p.key(), p)).collect(),
+            gz_seen: HashSet::new(),
+            container_ids: HashMap::new(),
+            checkpoints,
+            store,
+            metrics,
+            notifier: None,
+            notices,
+            notices_tx,
+            dirty_dirs: HashSet::new(),
+            open_files: 0,
+            pending: Pending::default(),
+            decoded: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// Runs until `out.stop` turns true; then sends what it holds and returns.
+    pub fn run(mut self, mut out: Outputs) {
+        if self.s.watch == WatchMode::Inotify {
+            match Notifier::start(self.notices_tx.clone()) {
+                Ok(n) => self.notifier = Some(n),
+                Err(e) => self.fall_back_to_polling(&e),
+            }
+        }
+        self.scan_all();
+        self.prune_restored();
+        self.started = true;
+        // Ready once every file present at start is known (the watcher adds its own condition).
+        self.metrics.set_ready();
+        let mut next_rescan = Instant::now() + self.s.rescan_interval;
+        let mut next_poll = Instant::now();
+        let mut next_stats = Instant::now();
+        loop {
+            if *out.stop.borrow() {
+                break;
+            }
+            self.take_notices();
+            let now = Instant::now();
+            if now >= next_rescan {
+                self.scan_all();
+                next_rescan = now + self.s.rescan_interval;
+            } else if !self.dirty_dirs.is_empty() {
+                let dirs: Vec<PathBuf> = self.dirty_dirs.drain().collect();
+                for d in dirs {
+                    self.scan_dir(&d);
+                }
+            }
+            if now >= next_poll {
+                self.ready.extend(self.order.iter().copied());
+                next_poll = now + self.s.poll_interval;
+            }
+            let progressed = self.read_round(&mut out);
+            self.expire(&mut out);
+            if now >= next_stats {
+                self.publish_stats();
+                next_stats = now + Duration::from_secs(1);
+            }
+            if !progressed {
+                if !self.pending.is_empty() && !self.send(&mut out) {
+                    break;
+                }
+                let deadline = [Some(next_rescan), Some(next_poll), self.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(next_poll);
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if let Ok(n) = self.notices.recv_timeout(wait) {
+                    self.on_notice(n);
+                }
+            }
+        }
+        // Whatever was read goes out if there is room; the rest is read again after a restart.
+        if !self.pending.is_empty() {
+            self.send(&mut out);
+        }
+        self.publish_stats();
+    }
+
+    fn fall_back_to_polling(&mut self, e: &NotifyError) {
+        tracing::warn!(error = %e, poll_interval = ?self.s.poll_interval, "inotify unusable; polling the log directories instead");
+        self.metrics.inotify_fallback.set(1);
+        self.notifier = None;
+    }
+
+    fn take_notices(&mut self) {
+        while let Ok(n) = self.notices.try_recv() {
+            self.on_notice(n);
+        }
+    }
+
+    fn on_notice(&mut self, n: Notice) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        match n {
+            Notice::Overflow => {
+                // Events were lost: rescan everything now.
+                let dirs: Vec<PathBuf> = std::iter::once(self.s.layout.pods_dir.clone()).collect();
+                self.dirty_dirs.extend(dirs);
+            }
+            Notice::Modified(wd) => {
+                if let Some(dir) = notifier.dir(wd) {
+                    let dir = dir.to_path_buf();
+                    self.mark_dir_ready(&dir);
+                }
+            }
+            Notice::Changed(wd) => {
+                if let Some(dir) = notifier.dir(wd) {
+                    self.dirty_dirs.insert(dir.to_path_buf());
+                }
+            }
+        }
+    }
+
+    fn mark_dir_ready(&mut self, dir: &Path) {
+        for (key, f) in &self.files {
+            if f.found.path.parent() == Some(dir) || Path::new(&f.found.host_path).parent().map(|p| self.s.layout.under_root(p)).as_deref() == Some(dir) {
+                self.ready.insert(*key);
+            }
+        }
+    }
+
+    fn watch(&mut self, dir: &Path) {
+        if let Some(n) = &mut self.notifier
+            && let Err(e) = n.watch(dir)
+        {
+            match e {
+                NotifyError::Limit => self.fall_back_to_polling(&e),
+                // The directory went away between the scan and the watch.
+                NotifyError::Watch { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {}
+                other => tracing::warn!(error = %other, "failed to watch a log directory; the rescan covers it"),
+            }
+        }
+    }
+
+    /// Scans every Pod and container directory.
+    fn scan_all(&mut self) {
+        self.dirty_dirs.clear();
+        self.container_ids = self.s.layout.container_ids();
+        let pods_dir = self.s.layout.pods_dir.clone();
+        self.watch(&pods_dir);
+        let pod_dirs = match self.s.layout.pod_dirs() {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.read_errors.with_label_values(&["scan"]).inc();
+                tracing::warn!(dir = %pods_dir.display(), error = %e, "failed to list the pod log directory");
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        for pod in pod_dirs {
+            self.watch(&pod);
+            for c in self.s.layout.container_dirs(&pod).unwrap_or_default() {
+                self.watch(&c);
+                if let Err(e) = self.s.layout.scan_container_dir(&c, &self.s.filter, &mut found) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        self.metrics.read_errors.with_label_values(&["scan"]).inc();
+                        tracing::warn!(dir = %c.display(), error = %e, "failed to scan a container log directory");
+                    }
+                }
+            }
+        }
+        if let Some(n) = &mut self.notifier {
+            n.forget_missing();
+        }
+        self.apply_scan(found, |_| true);
+    }
+
+    /// Applies what a scan found: new and moved files, then files that went away (drained
+    /// through their descriptor), then `.gz` files (which may hold the rest of one that went
+    /// away unread), and last the loss of what nothing holds any more.
+    fn apply_scan(&mut self, found: Vec<Found>, in_scope: impl Fn(&TailFile) -> bool) {
+        let seen: HashSet<FileKey> = found
+            .iter()
+            .map(|f| FileKey { dev: f.dev, ino: f.ino })
+            .collect();
+        let (gz, plain): (Vec<Found>, Vec<Found>) =
+            found.into_iter().partition(|f| f.kind == FileKind::Gz);
+        for f in plain {
+            self.on_found(f);
+        }
+        let gone: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter(|(k, f)| {
+                !seen.contains(k) && f.life == Life::Present && !f.from_gz && in_scope(f)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for &k in &gone {
+            if let Some(f) = self.files.get_mut(&k) {
+                f.life = Life::Gone { since: Instant::now() };
+                self.ready.insert(k);
+            }
+        }
+        for f in gz {
+            let key = FileKey { dev: f.dev, ino: f.ino };
+            self.on_found_gz(f, key);
+        }
+        for k in gone {
+            // Still here and never opened (or closed): whatever it had unread is lost.
+            if let Some(f) = self.files.get(&k)
+                && f.handle.is_none()
+                && !f.from_gz
+            {
+                let unread = f.unread();
+                self.finish(k, unread, "deleted_unread");
+            }
+        }
+    }
+
+    /// Scans one directory inotify said changed (a Pod directory or the pods directory means
+    /// new containers: scan all).
+    fn scan_dir(&mut self, dir: &Path) {
+        let is_container_dir = dir.parent().and_then(Path::parent) == Some(self.s.layout.pods_dir.as_path());
+        if !is_container_dir {
+            self.scan_all();
+            return;
+        }
+        self.container_ids = self.s.layout.container_ids();
+        let mut found = Vec::new();
+        match self.s.layout.scan_container_dir(dir, &self.s.filter, &mut found) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.metrics.read_errors.with_label_values(&["scan"]).inc();
+                tracing::warn!(dir = %dir.display(), error = %e, "failed to scan a container log directory");
+                return;
+            }
+        }
+        let host_dir = PathBuf::from(self.s.layout.host_path(dir));
+        self.apply_scan(found, |f| {
+            Path::new(&f.found.host_path).parent() == Some(host_dir.as_path())
+        });
+    }
+
+    fn link_container_id(&self, found: &Found) -> Option<String> {
+        let current = match found.kind {
+            FileKind::Current => found.host_path.clone(),
+            _ => {
+                let dir = Path::new(&found.host_path).parent()?;
+                format!("{}/{}.log", dir.display(), found.restart)
+            }
+        };
+        self.container_ids.get(&current).cloned()
+    }
+
+    fn on_found(&mut self, found: Found) {
+        let key = FileKey { dev: found.dev, ino: found.ino };
+        if found.kind == FileKind::Gz {
+            self.on_found_gz(found, key);
+            return;
+        }
+        if let Some(f) = self.files.get(&key)
+            && f.handle.is_none()
+            && f.fingerprint.is_some()
+            && read_head(&found.path).as_deref().and_then(fingerprint) != f.fingerprint
+        {
+            // A closed file's inode now holds another file: the old one went away.
+            let unread = f.unread();
+            self.finish(key, unread, "deleted_unread");
+        }
+        if let Some(f) = self.files.get_mut(&key) {
+            if f.found.kind != found.kind && found.kind == FileKind::Rotated {
+                self.metrics.rotations.with_label_values(&["rename"]).inc();
+            }
+            if f.source.container_id.is_none() {
+                let id = {
+                    let current = match found.kind {
+                        FileKind::Current => found.host_path.clone(),
+                        _ => Path::new(&found.host_path)
+                            .parent()
+                            .map(|d| format!("{}/{}.log", d.display(), found.restart))
+                            .unwrap_or_default(),
+                    };
+                    self.container_ids.get(&current).cloned()
+                };
+                if id.is_some() {
+                    let mut src = clone_source(&f.source);
+                    src.container_id = id;
+                    f.source = Arc::new(src);
+                }
+            }
+            f.found.path = found.path;
+            f.found.host_path = found.host_path;
+            f.found.kind = found.kind;
+            if found.size != f.size {
+                f.size = found.size;
+                self.ready.insert(key);
+            }
+            return;
+        }
+        self.add_file(found, key);
+    }
+
+    fn add_file(&mut self, found: Found, key: FileKey) {
+        let now = Instant::now();
+        let head = read_head(&found.path);
+        let fp = head.as_deref().and_then(fingerprint);
+        // Where to start: the checkpoint if it is this file's, else per config.
+        let mut offset = 0;
+        if let Some(pos) = self.restored.remove(&key).or_else(|| self.checkpoints.committed(key)) {
+            if Some(pos.fingerprint) == fp {
+                offset = pos.offset.min(found.size);
+            } else {
+                tracing::debug!(path = %found.host_path, "inode reused by a new file; reading it from the start");
+            }
+        } else if !self.started {
+            let old = self.s.ignore_older_than > Duration::ZERO
+                && SystemTime::now()
+                    .duration_since(found.modified)
+                    .is_ok_and(|age| age > self.s.ignore_older_than);
+            if self.s.read_from == ReadFrom::End || old {
+                offset = line_start_before(&found.path, found.size);
+            }
+        }
+        self.metrics.files_discovered.inc();
+        let container_id = self.link_container_id(&found);
+        let source = Arc::new(Source {
+            id: Source::next_id(),
+            path: found.host_path.clone(),
+            namespace: found.namespace.clone(),
+            pod: found.pod.clone(),
+            pod_uid: found.pod_uid.clone(),
+            container: found.container.clone(),
+            container_id,
+            restart_count: Some(found.restart),
+            pod_meta: None,
+        });
+        let f = TailFile {
+            key,
+            fingerprint: fp,
+            size: found.size,
+            found,
+            source,
+            meta_generation: u64::MAX,
+            meta_known: false,
+            first_seen: now,
+            handle: None,
+            life: Life::Present,
+            offset,
+            carry: Vec::new(),
+            carry_start: offset,
+            discarding: false,
+            decoder: None,
+            last_growth: now,
+            acked_to: offset,
+            from_gz: false,
+        };
+        tracing::debug!(path = %f.found.host_path, offset, "following a new log file");
+        self.files.insert(key, f);
+        self.order.push(key);
+        self.ready.insert(key);
+    }
+
+    /// A `.gz` is read only when it holds the rest of a file loglet had not finished: its first
+    /// line's fingerprint matches a checkpoint or a file that went away unread.
+    fn on_found_gz(&mut self, found: Found, gz_key: FileKey) {
+        if !self.gz_seen.insert(gz_key) {
+            return;
+        }
+        let Some(fp) = read_gz_head(&found.path).as_deref().and_then(fingerprint) else {
+            return;
+        };
+        let restored = self
+            .restored
+            .iter()
+            .find(|(_, p)| p.fingerprint == fp)
+            .map(|(k, p)| (*k, p.offset));
+        let unfinished = self
+            .files
+            .iter()
+            .find(|(_, f)| {
+                f.fingerprint == Some(fp) && f.handle.is_none() && matches!(f.life, Life::Gone { .. })
+            })
+            .map(|(k, f)| (*k, f.safe_offset()));
+        let Some((orig_key, offset)) = restored.or(unfinished) else {
+            return;
+        };
+        self.restored.remove(&orig_key);
+        let file = match File::open(&found.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %found.host_path, error = %e, "failed to open a rotated .gz file");
+                return;
+            }
+        };
+        let mut gz = flate2::read::GzDecoder::new(file);
+        if let Err(e) = io::copy(&mut (&mut gz).take(offset), &mut io::sink()) {
+            tracing::warn!(path = %found.host_path, error = %e, "failed to skip to the checkpoint in a .gz file");
+            return;
+        }
+        tracing::info!(path = %found.host_path, offset, "reading the rest of a file rotated and compressed while it was unread");
+        self.files.remove(&orig_key);
+        self.order.retain(|k| *k != orig_key);
+        let now = Instant::now();
+        let source = Arc::new(Source {
+            id: Source::next_id(),
+            path: found.host_path.clone(),
+            namespace: found.namespace.clone(),
+            pod: found.pod.clone(),
+            pod_uid: found.pod_uid.clone(),
+            container: found.container.clone(),
+            container_id: self.link_container_id(&found),
+            restart_count: Some(found.restart),
+            pod_meta: None,
+        });
+        self.open_files += 1;
+        let f = TailFile {
+            key: orig_key,
+            fingerprint: Some(fp),
+            size: u64::MAX,
+            found,
+            source,
+            meta_generation: u64::MAX,
+            meta_known: false,
+            first_seen: now,
+            handle: Some(Handle::Gz(Box::new(gz))),
+            life: Life::Gone { since: now },
+            offset,
+            carry: Vec::new(),
+            carry_start: offset,
+            discarding: false,
+            decoder: None,
+            last_growth: now,
+            acked_to: offset,
+            from_gz: true,
+        };
+        self.files.insert(orig_key, f);
+        self.order.push(orig_key);
+        self.ready.insert(orig_key);
+    }
+
+    /// Checkpoints whose files are gone (and not compressed under another name) are dropped.
+    fn prune_restored(&mut self) {
+        for (key, pos) in self.restored.drain() {
+            tracing::debug!(path = %pos.path, "dropping the checkpoint of a file that is gone");
+            self.pending.update(key, Update::Forget(key));
+        }
+    }
+
+    /// One turn for each file with something to read. Returns whether anything was read.
+    fn read_round(&mut self, out: &mut Outputs) -> bool {
+        if self.ready.is_empty() {
+            return false;
+        }
+        let mut progressed = false;
+        let order = self.order.clone();
+        for key in order {
+            if !self.ready.contains(&key) {
+                continue;
+            }
+            let more = self.read_file(key);
+            progressed |= more;
+            if !more {
+                self.ready.remove(&key);
+            }
+            let full = self.pending.records.len() >= self.s.batch_max_records
+                || self.pending.bytes >= self.s.batch_max_bytes;
+            if full && !self.send(out) {
+                return false;
+            }
+        }
+        self.enforce_deleted_cap();
+        progressed
+    }
+
+    /// Refreshes a file's Pod metadata from the store. Returns false while the file should wait
+    /// for the watcher to report its Pod.
+    fn refresh_meta(&mut self, key: FileKey) -> bool {
+        let generation = self.store.generation();
+        let Some(f) = self.files.get_mut(&key) else {
+            return false;
+        };
+        if f.meta_generation == generation {
+            return true;
+        }
+        if !self.store.is_enabled() {
+            f.meta_generation = generation;
+            return true;
+        }
+        match self.store.get(&f.found.pod_uid) {
+            Some(meta) => {
+                f.meta_generation = generation;
+                f.meta_known = true;
+                if f.source.pod_meta.as_ref().is_none_or(|m| !Arc::ptr_eq(m, &meta)) {
+                    let mut src = clone_source(&f.source);
+                    if src.container_id.is_none() {
+                        src.container_id = meta
+                            .container(&src.container)
+                            .and_then(|c| c.container_id.clone());
+                    }
+                    src.pod_meta = Some(meta);
+                    f.source = Arc::new(src);
+                }
+                true
+            }
+            None if f.meta_known => {
+                // The Pod left the store (deleted, grace over): keep what the file had.
+                f.meta_generation = generation;
+                true
+            }
+            None => {
+                if f.first_seen.elapsed() < self.s.metadata_wait {
+                    return false;
+                }
+                f.meta_generation = generation;
+                f.meta_known = true;
+                self.metrics.metadata_missing.inc();
+                tracing::debug!(path = %f.found.host_path, "no metadata for this Pod yet; sending with what the path tells");
+                true
+            }
+        }
+    }
+
+    /// Reads one block of a file. Returns whether more may be waiting.
+    fn read_file(&mut self, key: FileKey) -> bool {
+        if !self.refresh_meta(key) {
+            return false;
+        }
+        if !self.ensure_open(key) {
+            return false;
+        }
+        let clock = Clock {
+            now: Instant::now(),
+            wall_ns: wall_ns(),
+        };
+        let chunk = self.s.read_chunk;
+        let Some(f) = self.files.get_mut(&key) else {
+            return false;
+        };
+        let want = match f.handle.as_mut() {
+            Some(Handle::Plain(file)) => match file.metadata() {
+                Ok(meta) => {
+                    let size = meta.len();
+                    if size < f.offset {
+                        // Copy-truncate: the file was emptied in place; its new content starts at 0.
+                        self.metrics.rotations.with_label_values(&["truncate"]).inc();
+                        tracing::debug!(path = %f.found.host_path, "file truncated; reading it from the start");
+                        let lost = f.size.saturating_sub(f.offset);
+                        if lost > 0 {
+                            self.metrics.lost_bytes.with_label_values(&["truncated"]).inc_by(lost);
+                        }
+                        f.offset = 0;
+                        f.carry.clear();
+                        f.carry_start = 0;
+                        f.discarding = false;
+                        if let Some(d) = f.decoder.as_mut() {
+                            d.flush_all(&mut self.decoded);
+                        }
+                        f.fingerprint = None;
+                    }
+                    if size != f.size {
+                        f.last_growth = clock.now;
+                    }
+                    f.size = size;
+                    if f.fingerprint.is_none() {
+                        f.fingerprint = read_head_file(file).as_deref().and_then(fingerprint);
+                    }
+                    (size - f.offset).min(chunk as u64) as usize
+                }
+                Err(e) => {
+                    self.metrics.read_errors.with_label_values(&["stat"]).inc();
+                    tracing::warn!(path = %f.found.host_path, error = %e, "failed to stat an open log file");
+                    0
+                }
+            },
+            Some(Handle::Gz(_)) => chunk,
+            None => 0,
+        };
+        let mut got = 0;
+        if want > 0 {
+            let carry_len = f.carry.len();
+            let mut buf = BytesMut::with_capacity(carry_len + want);
+            buf.extend_from_slice(&f.carry);
+            buf.resize(carry_len + want, 0);
+            let res = match f.handle.as_mut() {
+                Some(Handle::Plain(file)) => read_at_full(file, &mut buf[carry_len..], f.offset),
+                Some(Handle::Gz(gz)) => read_full(gz.as_mut(), &mut buf[carry_len..]),
+                None => Ok(0),
+            };
+            match res {
+                Ok(n) => got = n,
+                Err(e) => {
+                    self.metrics.read_errors.with_label_values(&["read"]).inc();
+                    tracing::warn!(path = %f.found.host_path, error = %e, "failed to read a log file");
+                }
+            }
+            buf.truncate(carry_len + got);
+            if got > 0 {
+                f.offset += got as u64;
+                if f.from_gz {
+                    f.last_growth = clock.now;
+                }
+                self.metrics.read_bytes.inc_by(got as u64);
+                let lines = split_lines(f, buf.freeze(), carry_len, &self.s.decode, &clock, &mut self.decoded);
+                self.metrics.read_lines.inc_by(lines);
+            } else if f.from_gz {
+                // The end of a `.gz`: what it held is read.
+                f.size = f.offset;
+            }
+        }
+        self.emit(key);
+        want > 0 && got == want
+    }
+
+    /// Moves decoded lines into the pending batch and records the file's new safe position.
+    fn emit(&mut self, key: FileKey) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        if let Some(d) = f.decoder.as_mut() {
+            let st = d.take_stats();
+            if st.malformed > 0 {
+                self.metrics
+                    .lines_malformed
+                    .with_label_values(&[format_name(d.format())])
+                    .inc_by(st.malformed);
+            }
+            self.metrics.lines_truncated.inc_by(st.truncated);
+            self.metrics.partial_merged.inc_by(st.merged);
+            self.metrics.partial_flushed.inc_by(st.flushed);
+        }
+        for d in self.decoded.drain(..) {
+            self.pending.bytes += d.line.len();
+            self.pending.records.push(Record {
+                line: d.line,
+                time_ns: d.time_ns,
+                stream: d.stream,
+                flags: d.flags,
+                source: f.source.clone(),
+            });
+        }
+        let safe = f.safe_offset();
+        if safe != f.acked_to {
+            f.acked_to = safe;
+            if let Some(fp) = f.fingerprint {
+                let pos = Position {
+                    dev: key.dev,
+                    ino: key.ino,
+                    fingerprint: fp,
+                    path: f.found.host_path.clone(),
+                    offset: safe,
+                };
+                self.pending.update(key, Update::Set(pos));
+            }
+        }
+    }
+
+    fn ensure_open(&mut self, key: FileKey) -> bool {
+        let Some(f) = self.files.get(&key) else {
+            return false;
+        };
+        if f.handle.is_some() {
+            return true;
+        }
+        if matches!(f.life, Life::Gone { .. }) {
+            return false;
+        }
+        if self.open_files >= self.s.max_open_files && !self.close_idle() {
+            return false;
+        }
+        let f = self.files.get_mut(&key).expect("file present");
+        match File::open(&f.found.path) {
+            Ok(file) => {
+                // The path may now be another file (rotated between scan and open).
+                match file.metadata() {
+                    Ok(m) if m.dev() == key.dev && m.ino() == key.ino => {
+                        f.handle = Some(Handle::Plain(file));
+                        self.open_files += 1;
+                        true
+                    }
+                    _ => {
+                        self.dirty_dirs.insert(f.found.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                        false
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = f.found.path.parent() {
+                    self.dirty_dirs.insert(dir.to_path_buf());
+                }
+                false
+            }
+            Err(e) => {
+                self.metrics.read_errors.with_label_values(&["open"]).inc();
+                tracing::warn!(path = %f.found.host_path, error = %e, "failed to open a log file");
+                false
+            }
+        }
+    }
+
+    /// Closes the least recently grown file that is read to its end, to make room under the
+    /// open-file limit. Returns whether one was closed.
+    fn close_idle(&mut self) -> bool {
+        let victim = self
+            .files
+            .values()
+            .filter(|f| matches!(f.handle, Some(Handle::Plain(_))) && f.life == Life::Present && f.unread() == 0)
+            .min_by_key(|f| f.last_growth)
+            .map(|f| f.key);
+        match victim.and_then(|k| self.files.get_mut(&k)) {
+            Some(f) => {
+                f.handle = None;
+                self.open_files -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Flushes partial lines past their timeout, and lets go of files that are finished: gone and
+    /// drained, or rotated and idle.
+    fn expire(&mut self, out: &mut Outputs) {
+        let now = Instant::now();
+        let clock = Clock { now, wall_ns: wall_ns() };
+        let linger = self.s.decode.partial_flush_timeout;
+        let mut finished = Vec::new();
+        let mut rotated_idle = Vec::new();
+        let keys: Vec<FileKey> = self.files.keys().copied().collect();
+        for key in keys {
+            let f = self.files.get_mut(&key).expect("file present");
+            if let Some(d) = f.decoder.as_mut()
+                && d.next_deadline().is_some_and(|t| t <= now)
+            {
+                d.flush_expired(&clock, &mut self.decoded);
+                self.emit(key);
+            }
+            let f = self.files.get(&key).expect("file present");
+            let drained = f.handle.is_some() && f.unread() == 0 && !self.ready.contains(&key);
+            let idle = now.duration_since(f.last_growth) >= linger;
+            match f.life {
+                Life::Gone { .. } if drained && idle => finished.push(key),
+                // A rotated file is no longer written: close it (a later write reopens it).
+                Life::Present if drained && idle && f.found.kind == FileKind::Rotated => {
+                    rotated_idle.push(key)
+                }
+                _ => {}
+            }
+        }
+        for key in rotated_idle {
+            self.flush_file_end(key, &clock);
+            if let Some(f) = self.files.get_mut(&key)
+                && f.handle.take().is_some()
+            {
+                self.open_files -= 1;
+            }
+        }
+        for key in finished {
+            self.flush_file_end(key, &clock);
+            self.finish(key, 0, "");
+        }
+        if self.pending.records.len() >= self.s.batch_max_records {
+            self.send(out);
+        }
+    }
+
+    /// At the end of a file that will not grow: the incomplete last line and partial lines go
+    /// out as they are.
+    fn flush_file_end(&mut self, key: FileKey, clock: &Clock) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        if !f.carry.is_empty() {
+            let line = Bytes::from(std::mem::take(&mut f.carry));
+            let start = f.carry_start;
+            let end = start + line.len() as u64;
+            let truncated = f.discarding;
+            f.discarding = false;
+            f.carry_start = f.offset;
+            let dec = decoder_for(f, &line, &self.s.decode);
+            dec.push(line, start, end, truncated, clock, &mut self.decoded);
+            self.metrics.read_lines.inc();
+        }
+        if let Some(d) = f.decoder.as_mut() {
+            d.flush_all(&mut self.decoded);
+        }
+        self.emit(key);
+    }
+
+    /// Lets a file go: closes it and forgets its checkpoint once what came before is delivered.
+    fn finish(&mut self, key: FileKey, lost: u64, reason: &'static str) {
+        let Some(f) = self.files.remove(&key) else {
+            return;
+        };
+        if lost > 0 {
+            self.metrics.lost_bytes.with_label_values(&[reason]).inc_by(lost);
+            tracing::warn!(path = %f.found.host_path, bytes = lost, reason, "log bytes lost: the file went away before loglet read them");
+        }
+        if f.handle.is_some() {
+            self.open_files -= 1;
+        }
+        self.order.retain(|k| *k != key);
+        self.ready.remove(&key);
+        self.pending.update(key, Update::Forget(key));
+    }
+
+    /// Deleted files held open cost disk; past the cap, the oldest are let go and counted.
+    fn enforce_deleted_cap(&mut self) {
+        loop {
+            let held: u64 = self
+                .files
+                .values()
+                .filter(|f| matches!(f.life, Life::Gone { .. }) && matches!(f.handle, Some(Handle::Plain(_))))
+                .map(|f| f.size)
+                .sum();
+            if held <= self.s.max_deleted_bytes_held {
+                return;
+            }
+            let oldest = self
+                .files
+                .values()
+                .filter(|f| matches!(f.handle, Some(Handle::Plain(_))))
+                .filter_map(|f| match f.life {
+                    Life::Gone { since } => Some((since, f.key, f.unread())),
+                    Life::Present => None,
+                })
+                .min();
+            match oldest {
+                Some((_, key, unread)) => self.finish(key, unread, "deleted_held_cap"),
+                None => return,
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let linger = self.s.decode.partial_flush_timeout;
+        self.files
+            .values()
+            .filter_map(|f| {
+                let partial = f.decoder.as_ref().and_then(Decoder::next_deadline);
+                let close = (f.handle.is_some() && (f.found.kind == FileKind::Rotated || matches!(f.life, Life::Gone { .. })))
+                    .then(|| f.last_growth + linger);
+                [partial, close].into_iter().flatten().min()
+            })
+            .min()
+    }
+
+    /// Hands the pending batch to every sink, waiting while their queues are full (so reading
+    /// pauses). Returns false when loglet is stopping and the batch could not be handed over.
+    fn send(&mut self, out: &mut Outputs) -> bool {
+        let pending = std::mem::take(&mut self.pending);
+        let records = pending.records.len();
+        let sinks = if records == 0 { 0 } else { out.sinks.len() };
+        let ack = self.checkpoints.register(pending.updates, records, sinks);
+        if records == 0 {
+            return true;
+        }
+        let batch = Arc::new(Batch {
+            records: pending.records,
+            ack,
+        });
+        for tx in &out.sinks {
+            let mut stop = out.stop.clone();
+            let permit = out.runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    permit = tx.reserve() => permit.ok(),
+                    _ = stop.wait_for(|s| *s) => None,
+                }
+            });
+            match permit {
+                Some(p) => p.send(batch.clone()),
+                // Stopping, or the sink is gone: this batch is never acknowledged, so its lines
+                // are read again after a restart.
+                None => return false,
+            }
+        }
+        self.metrics.batches_queued.set(
+            out.sinks.iter().map(|tx| (tx.max_capacity() - tx.capacity()) as i64).max().unwrap_or(0),
+        );
+        true
+    }
+
+    fn publish_stats(&self) {
+        let m = &self.metrics;
+        m.files_watched.set(self.files.len() as i64);
+        m.files_open.set(self.open_files as i64);
+        m.unread_bytes.set(
+            self.files
+                .values()
+                .filter(|f| !f.from_gz)
+                .map(TailFile::unread)
+                .sum::<u64>() as i64,
+        );
+        let gone = self.files.values().filter(|f| matches!(f.life, Life::Gone { .. }) && f.handle.is_some());
+        m.deleted_files_held.set(gone.clone().count() as i64);
+        m.deleted_bytes_held.set(gone.map(|f| if f.from_gz { 0 } else { f.size }).sum::<u64>() as i64);
+    }
+}
+
+fn clone_source(s: &Source) -> Source {
+    Source {
+        id: Source::next_id(),
+        path: s.path.clone(),
+        namespace: s.namespace.clone(),
+        pod: s.pod.clone(),
+        pod_uid: s.pod_uid.clone(),
+        container: s.container.clone(),
+        container_id: s.container_id.clone(),
+        restart_count: s.restart_count,
+        pod_meta: s.pod_meta.clone(),
+    }
+}
+
+fn format_name(f: FileFormat) -> &'static str {
+    match f {
+        FileFormat::Cri => "cri",
+        FileFormat::Docker => "docker",
+        FileFormat::Plain => "plain",
+    }
+}
+
+fn decoder_for<'a>(f: &'a mut TailFile, line: &[u8], opts: &DecodeOptions) -> &'a mut Decoder {
+    f.decoder.get_or_insert_with(|| {
+        Decoder::new(
+            FileFormat::detect(line),
+            DecodeOptions {
+                max_line_bytes: opts.max_line_bytes,
+                partial_flush_timeout: opts.partial_flush_timeout,
+            },
+        )
+    })
+}
+
+/// Splits a block into lines and decodes them. `block` starts with the file's carried
+/// incomplete line (`carry_len` bytes, already searched for newlines). Returns the line count.
+fn split_lines(
+    f: &mut TailFile,
+    block: Bytes,
+    carry_len: usize,
+    opts: &DecodeOptions,
+    clock: &Clock,
+    out: &mut Vec<Decoded>,
+) -> u64 {
+    let cap = opts.max_line_bytes + FRAMING_BYTES;
+    let base = f.carry_start;
+    let mut start = 0usize;
+    let mut lines = 0;
+    for nl in memchr::memchr_iter(b'\n', &block[carry_len..]) {
+        let end = carry_len + nl;
+        let truncated = f.discarding || end - start > cap;
+        let line_end = if truncated { (start + cap).min(end) } else { end };
+        let line = block.slice(start..line_end);
+        let dec = decoder_for(f, &line, opts);
+        dec.push(line, base + start as u64, base + end as u64 + 1, truncated, clock, out);
+        f.discarding = false;
+        lines += 1;
+        start = end + 1;
+    }
+    // The rest is an incomplete line: keep it (up to the cap) for the next block.
+    let rest = &block[start..];
+    f.carry_start = base + start as u64;
+    f.carry.clear();
+    if rest.len() > cap {
+        f.carry.extend_from_slice(&rest[..cap]);
+        f.discarding = true;
+    } else {
+        f.carry.extend_from_slice(rest);
+    }
+    lines
+}
+
+fn wall_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
+        }
+    }
+    Ok(got)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
+        }
+    }
+    Ok(got)
+}
+
+fn read_head_file(file: &File) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; FINGERPRINT_BYTES];
+    let n = read_at_full(file, &mut buf, 0).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn read_head(path: &Path) -> Option<Vec<u8>> {
+    read_head_file(&File::open(path).ok()?)
+}
+
+fn read_gz_head(path: &Path) -> Option<Vec<u8>> {
+    let mut gz = flate2::read::GzDecoder::new(File::open(path).ok()?);
+    let mut buf = vec![0u8; FINGERPRINT_BYTES];
+    let n = read_full(&mut gz, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// The start of the line that `size` falls in or after (for starting at the end of a file
+/// without cutting a line in two).
+fn line_start_before(path: &Path, size: u64) -> u64 {
+    const BACK: u64 = 64 * 1024;
+    let Ok(file) = File::open(path) else {
+        return size;
+    };
+    let from = size.saturating_sub(BACK);
+    let mut buf = vec![0u8; (size - from) as usize];
+    let Ok(n) = read_at_full(&file, &mut buf, from) else {
+        return size;
+    };
+    match memchr::memrchr(b'\n', &buf[..n]) {
+        Some(i) => from + i as u64 + 1,
+        None => size,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_use_the_first_line_and_wait_for_it() {
+        assert_eq!(fingerprint(b"abc"), None);
+        assert_eq!(fingerprint(b"abc\ndef"), fingerprint(b"abc\nxyz"));
+        assert_ne!(fingerprint(b"abc\n"), fingerprint(b"abd\n"));
+        let long = vec![b'x'; 300];
+        assert_eq!(fingerprint(&long), fingerprint(&long[..256]));
+        // Known value: the hash is persisted, so it must never change.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn starting_at_the_end_does_not_cut_a_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        std::fs::write(&p, b"one\ntwo\nthr").unwrap();
+        assert_eq!(line_start_before(&p, 11), 8);
+        std::fs::write(&p, b"one\ntwo\n").unwrap();
+        assert_eq!(line_start_before(&p, 8), 8);
+    }
+}
