@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod decode;
 pub mod metrics;
 pub mod record;
 pub mod sink;
