@@ -432,7 +432,11 @@ impl Dur {
             "s" => value,
             "m" => value * 60.0,
             "h" => value * 3600.0,
-            other => return Err(format!("`{other}` is not a duration unit (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit (use ms, s, m or h)"
+                ));
+            }
         };
         if !secs.is_finite() || secs > 1e9 {
             return Err(format!("`{s}` is out of range"));
@@ -489,7 +493,11 @@ impl ByteSize {
             "Mi" | "MiB" => 1 << 20,
             "G" | "GB" => 1000 * 1000 * 1000,
             "Gi" | "GiB" => 1 << 30,
-            other => return Err(format!("`{other}` is not a size unit (use B, KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a size unit (use B, KiB, MiB, GiB)"
+                ));
+            }
         };
         value
             .checked_mul(mult)
@@ -550,7 +558,10 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: invalid configuration:\n  {}", problems.join("\n  "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 impl Config {
@@ -591,7 +602,10 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let logs = &self.logs;
-        for (key, globs) in [("logs.include", &logs.include), ("logs.exclude", &logs.exclude)] {
+        for (key, globs) in [
+            ("logs.include", &logs.include),
+            ("logs.exclude", &logs.exclude),
+        ] {
             for (i, g) in globs.iter().enumerate() {
                 if let Err(e) = glob::Pattern::new(g) {
                     p.push(format!("{key}[{i}]: `{g}` is not a valid glob: {e}"));
@@ -611,7 +625,10 @@ impl Config {
             ("logs.rescan_interval", logs.rescan_interval),
             ("logs.poll_interval", logs.poll_interval),
             ("logs.partial_flush_timeout", logs.partial_flush_timeout),
-            ("pipeline.checkpoint_interval", self.pipeline.checkpoint_interval),
+            (
+                "pipeline.checkpoint_interval",
+                self.pipeline.checkpoint_interval,
+            ),
         ] {
             if d.0.is_zero() {
                 p.push(format!("{key}: must be greater than 0"));
@@ -630,7 +647,10 @@ impl Config {
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            p.push(format!("log.level: `{}` is not a valid filter: {e}", self.log.level));
+            p.push(format!(
+                "log.level: `{}` is not a valid filter: {e}",
+                self.log.level
+            ));
         }
         if self.sinks.is_empty() {
             p.push("sinks: at least one sink is needed".into());
@@ -657,11 +677,15 @@ impl SinkConfig {
                 }
             }
             _ => match self.url.as_deref().map(reqwest::Url::parse) {
-                None => p.push(format!("{key}.url: required for a {} sink", self.kind.as_str())),
+                None => p.push(format!(
+                    "{key}.url: required for a {} sink",
+                    self.kind.as_str()
+                )),
                 Some(Err(e)) => p.push(format!("{key}.url: {e}")),
-                Some(Ok(u)) if !matches!(u.scheme(), "http" | "https") => {
-                    p.push(format!("{key}.url: scheme must be http or https, not {}", u.scheme()))
-                }
+                Some(Ok(u)) if !matches!(u.scheme(), "http" | "https") => p.push(format!(
+                    "{key}.url: scheme must be http or https, not {}",
+                    u.scheme()
+                )),
                 Some(Ok(_)) => {}
             },
         }
@@ -669,7 +693,9 @@ impl SinkConfig {
             p.push(format!("{key}.batch.max_records: must be at least 1"));
         }
         if self.request.concurrency == 0 || self.request.concurrency > 64 {
-            p.push(format!("{key}.request.concurrency: must be between 1 and 64"));
+            p.push(format!(
+                "{key}.request.concurrency: must be between 1 and 64"
+            ));
         }
         if self.request.timeout.0.is_zero() {
             p.push(format!("{key}.request.timeout: must be greater than 0"));
@@ -701,7 +727,9 @@ impl SinkConfig {
         }
         for name in self.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                p.push(format!("{key}.headers: `{name}` is not a valid header name"));
+                p.push(format!(
+                    "{key}.headers: `{name}` is not a valid header name"
+                ));
             }
         }
     }
@@ -739,7 +767,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
-        let e = parse("logs:\n  max_line_byte: 1KiB\n").unwrap_err().to_string();
+        let e = parse("logs:\n  max_line_byte: 1KiB\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_line_byte"), "{e}");
         assert!(e.starts_with("test.yaml:"), "{e}");
     }
@@ -763,7 +793,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_what_was_expected() {
-        let e = parse("logs:\n  rescan_interval: soon\n").unwrap_err().to_string();
+        let e = parse("logs:\n  rescan_interval: soon\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soon"), "{e}");
         let e = parse("logs:\n  watch: fanotify\n").unwrap_err().to_string();
         assert!(e.contains("fanotify"), "{e}");

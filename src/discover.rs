@@ -177,7 +177,10 @@ impl Layout {
         let Some(container) = dir.file_name().and_then(|n| n.to_str()) else {
             return Ok(());
         };
-        let Some(pod_dir) = dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str())
+        let Some(pod_dir) = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
         else {
             return Ok(());
         };
@@ -395,7 +398,8 @@ impl Notifier {
             | WatchMask::ONLYDIR;
         match self.watches.add(dir, mask) {
             Ok(wd) => {
-                self.by_wd.insert(wd.get_watch_descriptor_id(), dir.to_path_buf());
+                self.by_wd
+                    .insert(wd.get_watch_descriptor_id(), dir.to_path_buf());
                 self.by_path.insert(dir.to_path_buf(), wd);
                 Ok(())
             }
@@ -458,7 +462,9 @@ mod tests {
     #[test]
     fn pod_directories_split_at_the_first_two_underscores() {
         assert_eq!(
-            parse_pod_dir("kube-system_coredns-5d78c9869d-abcde_0b7d3c6e-1111-2222-3333-444455556666"),
+            parse_pod_dir(
+                "kube-system_coredns-5d78c9869d-abcde_0b7d3c6e-1111-2222-3333-444455556666"
+            ),
             Some((
                 "kube-system",
                 "coredns-5d78c9869d-abcde",
@@ -512,8 +518,11 @@ mod tests {
         std::fs::write(ddir.join("abc-json.log"), b"{}\n").unwrap();
         let side = root.join("var/log/pods/shop_web-1_uid-1/side");
         std::fs::create_dir_all(&side).unwrap();
-        std::os::unix::fs::symlink("/var/lib/docker/containers/abc/abc-json.log", side.join("0.log"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "/var/lib/docker/containers/abc/abc-json.log",
+            side.join("0.log"),
+        )
+        .unwrap();
         let links = root.join("var/log/containers");
         std::fs::create_dir_all(&links).unwrap();
         let id = "b".repeat(64);
@@ -537,16 +546,25 @@ mod tests {
             }
         }
         found.sort_by(|a, b| a.host_path.cmp(&b.host_path));
-        let names: Vec<_> = found.iter().map(|f| (f.host_path.as_str(), f.kind)).collect();
+        let names: Vec<_> = found
+            .iter()
+            .map(|f| (f.host_path.as_str(), f.kind))
+            .collect();
         assert_eq!(
             names,
             [
-                ("/var/log/pods/shop_web-1_uid-1/nginx/0.log", FileKind::Current),
+                (
+                    "/var/log/pods/shop_web-1_uid-1/nginx/0.log",
+                    FileKind::Current
+                ),
                 (
                     "/var/log/pods/shop_web-1_uid-1/nginx/0.log.20240101-120000",
                     FileKind::Rotated
                 ),
-                ("/var/log/pods/shop_web-1_uid-1/side/0.log", FileKind::Current),
+                (
+                    "/var/log/pods/shop_web-1_uid-1/side/0.log",
+                    FileKind::Current
+                ),
             ]
         );
         assert_eq!(found[2].path, ddir.join("abc-json.log"));

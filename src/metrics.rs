@@ -5,10 +5,10 @@
 //! where the issue asks for them). No series carries a Pod name, UID or file path. docs/metrics.md
 //! lists every metric; a test checks that the list and this file agree.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,8 +17,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric, registered once.
@@ -87,10 +87,16 @@ pub struct Readiness(Mutex<BTreeMap<&'static str, String>>);
 
 impl Readiness {
     pub fn fail(&self, name: &'static str, why: String) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name, why);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, why);
     }
     pub fn pass(&self, name: &'static str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
     pub fn failing(&self) -> Vec<String> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());

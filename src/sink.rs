@@ -45,7 +45,12 @@ pub struct Sink {
 }
 
 /// Starts a sink on the current tokio runtime.
-pub fn start(name: &str, cfg: &SinkConfig, queue_batches: usize, metrics: Arc<Metrics>) -> Result<Sink, TransportError> {
+pub fn start(
+    name: &str,
+    cfg: &SinkConfig,
+    queue_batches: usize,
+    metrics: Arc<Metrics>,
+) -> Result<Sink, TransportError> {
     let format = format_for(cfg);
     let mut headers = HeaderMap::new();
     format.headers(&mut headers);
@@ -156,11 +161,19 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
             .send(shared.format.content_type(), encoding, Bytes::from(body))
             .await;
         in_flight.dec();
-        m.sink_latency.with_label_values(&[sink]).observe(started.elapsed().as_secs_f64());
+        m.sink_latency
+            .with_label_values(&[sink])
+            .observe(started.elapsed().as_secs_f64());
         let outcome = match answer {
-            Ok(Answer { status, headers, body }) => {
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            }) => {
                 if !status.is_success() {
-                    m.sink_errors.with_label_values(&[sink, status.as_str()]).inc();
+                    m.sink_errors
+                        .with_label_values(&[sink, status.as_str()])
+                        .inc();
                 }
                 shared.format.outcome(status, &headers, &body, todo.len())
             }
@@ -174,34 +187,51 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
         };
         let delivered = |n: usize| {
             m.sink_records.with_label_values(&[sink]).inc_by(n as u64);
-            m.sink_bytes.with_label_values(&[sink]).inc_by(raw_len as u64);
-            m.sink_bytes_compressed.with_label_values(&[sink]).inc_by(sent_len as u64);
+            m.sink_bytes
+                .with_label_values(&[sink])
+                .inc_by(raw_len as u64);
+            m.sink_bytes_compressed
+                .with_label_values(&[sink])
+                .inc_by(sent_len as u64);
         };
         match outcome {
             Outcome::Delivered => {
-                m.sink_requests.with_label_values(&[sink, "delivered"]).inc();
+                m.sink_requests
+                    .with_label_values(&[sink, "delivered"])
+                    .inc();
                 delivered(todo.len());
                 todo.clear();
             }
             Outcome::Rejected { reason } => {
                 m.sink_requests.with_label_values(&[sink, "rejected"]).inc();
-                m.sink_dropped.with_label_values(&[sink, "rejected"]).inc_by(todo.len() as u64);
+                m.sink_dropped
+                    .with_label_values(&[sink, "rejected"])
+                    .inc_by(todo.len() as u64);
                 shared.warn.warn(|suppressed| {
                     tracing::warn!(sink, records = todo.len(), reason = %reason, suppressed, "backend rejected a request for good; its records are dropped")
                 });
                 todo.clear();
             }
-            Outcome::Partial { retry, rejected, reason } => {
+            Outcome::Partial {
+                retry,
+                rejected,
+                reason,
+            } => {
                 m.sink_requests.with_label_values(&[sink, "partial"]).inc();
                 let accepted = todo.len().saturating_sub(retry.len() + rejected);
                 delivered(accepted);
                 if rejected > 0 {
-                    m.sink_dropped.with_label_values(&[sink, "item_rejected"]).inc_by(rejected as u64);
+                    m.sink_dropped
+                        .with_label_values(&[sink, "item_rejected"])
+                        .inc_by(rejected as u64);
                     shared.warn.warn(|suppressed| {
                         tracing::warn!(sink, rejected, reason = %reason, suppressed, "backend rejected some records for good; they are dropped")
                     });
                 }
-                todo = retry.into_iter().filter_map(|i| todo.get(i).copied()).collect();
+                todo = retry
+                    .into_iter()
+                    .filter_map(|i| todo.get(i).copied())
+                    .collect();
                 if !todo.is_empty() {
                     m.sink_retries.with_label_values(&[sink]).inc();
                     tokio::time::sleep(shared.backoff(attempt, None)).await;
@@ -265,7 +295,13 @@ mod tests {
             let d = shared.backoff(attempt, None);
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
-        assert_eq!(shared.backoff(0, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(shared.backoff(0, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+        assert_eq!(
+            shared.backoff(0, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            shared.backoff(0, Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::config::{Config, ReadFrom, WatchMode};
 use crate::decode::{Clock, DecodeOptions, Decoded, Decoder, FileFormat};
 use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyError};
 use crate::kube::PodStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RateLimited};
 use crate::record::{Batch, Record, Source};
 use checkpoint::{Checkpoints, FileKey, Position, Update};
 
@@ -134,7 +134,11 @@ pub struct TailSettings {
 }
 
 impl TailSettings {
-    pub fn from_config(config: &Config, self_pod_uid: Option<String>, metadata_wait: Duration) -> Self {
+    pub fn from_config(
+        config: &Config,
+        self_pod_uid: Option<String>,
+        metadata_wait: Duration,
+    ) -> Self {
         let logs = &config.logs;
         TailSettings {
             layout: Layout {
@@ -151,10 +155,7 @@ impl TailSettings {
             read_chunk: logs.read_chunk_bytes.as_usize(),
             max_open_files: logs.max_open_files,
             max_deleted_bytes_held: logs.max_deleted_bytes_held.0,
-            decode: DecodeOptions {
-                max_line_bytes: logs.max_line_bytes.as_usize(),
-                partial_flush_timeout: logs.partial_flush_timeout.0,
-            },
+            decode: DecodeOptions::from_config(logs),
             batch_max_records: config.pipeline.batch_max_records,
             batch_max_bytes: config.pipeline.batch_max_bytes.as_usize(),
             metadata_wait,
@@ -219,6 +220,7 @@ pub struct Tailer {
     pending: Pending,
     decoded: Vec<Decoded>,
     started: bool,
+    malformed_warn: RateLimited,
 }
 
 impl Tailer {
@@ -249,6 +251,7 @@ impl Tailer {
             pending: Pending::default(),
             decoded: Vec::new(),
             started: false,
+            malformed_warn: RateLimited::new(Duration::from_secs(10)),
         }
     }
 
@@ -353,7 +356,13 @@ impl Tailer {
 
     fn mark_dir_ready(&mut self, dir: &Path) {
         for (key, f) in &self.files {
-            if f.found.path.parent() == Some(dir) || Path::new(&f.found.host_path).parent().map(|p| self.s.layout.under_root(p)).as_deref() == Some(dir) {
+            if f.found.path.parent() == Some(dir)
+                || Path::new(&f.found.host_path)
+                    .parent()
+                    .map(|p| self.s.layout.under_root(p))
+                    .as_deref()
+                    == Some(dir)
+            {
                 self.ready.insert(*key);
             }
         }
@@ -366,8 +375,11 @@ impl Tailer {
             match e {
                 NotifyError::Limit => self.fall_back_to_polling(&e),
                 // The directory went away between the scan and the watch.
-                NotifyError::Watch { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {}
-                other => tracing::warn!(error = %other, "failed to watch a log directory; the rescan covers it"),
+                NotifyError::Watch { ref source, .. }
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                other => {
+                    tracing::warn!(error = %other, "failed to watch a log directory; the rescan covers it")
+                }
             }
         }
     }
@@ -391,7 +403,11 @@ impl Tailer {
             self.watch(&pod);
             for c in self.s.layout.container_dirs(&pod).unwrap_or_default() {
                 self.watch(&c);
-                if let Err(e) = self.s.layout.scan_container_dir(&c, &self.s.filter, &mut found) {
+                if let Err(e) = self
+                    .s
+                    .layout
+                    .scan_container_dir(&c, &self.s.filter, &mut found)
+                {
                     if e.kind() != io::ErrorKind::NotFound {
                         self.metrics.read_errors.with_label_values(&["scan"]).inc();
                         tracing::warn!(dir = %c.display(), error = %e, "failed to scan a container log directory");
@@ -411,7 +427,10 @@ impl Tailer {
     fn apply_scan(&mut self, found: Vec<Found>, in_scope: impl Fn(&TailFile) -> bool) {
         let seen: HashSet<FileKey> = found
             .iter()
-            .map(|f| FileKey { dev: f.dev, ino: f.ino })
+            .map(|f| FileKey {
+                dev: f.dev,
+                ino: f.ino,
+            })
             .collect();
         let (gz, plain): (Vec<Found>, Vec<Found>) =
             found.into_iter().partition(|f| f.kind == FileKind::Gz);
@@ -428,12 +447,17 @@ impl Tailer {
             .collect();
         for &k in &gone {
             if let Some(f) = self.files.get_mut(&k) {
-                f.life = Life::Gone { since: Instant::now() };
+                f.life = Life::Gone {
+                    since: Instant::now(),
+                };
                 self.ready.insert(k);
             }
         }
         for f in gz {
-            let key = FileKey { dev: f.dev, ino: f.ino };
+            let key = FileKey {
+                dev: f.dev,
+                ino: f.ino,
+            };
             self.on_found_gz(f, key);
         }
         for k in gone {
@@ -451,14 +475,19 @@ impl Tailer {
     /// Scans one directory inotify said changed (a Pod directory or the pods directory means
     /// new containers: scan all).
     fn scan_dir(&mut self, dir: &Path) {
-        let is_container_dir = dir.parent().and_then(Path::parent) == Some(self.s.layout.pods_dir.as_path());
+        let is_container_dir =
+            dir.parent().and_then(Path::parent) == Some(self.s.layout.pods_dir.as_path());
         if !is_container_dir {
             self.scan_all();
             return;
         }
         self.container_ids = self.s.layout.container_ids();
         let mut found = Vec::new();
-        match self.s.layout.scan_container_dir(dir, &self.s.filter, &mut found) {
+        match self
+            .s
+            .layout
+            .scan_container_dir(dir, &self.s.filter, &mut found)
+        {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -485,7 +514,10 @@ impl Tailer {
     }
 
     fn on_found(&mut self, found: Found) {
-        let key = FileKey { dev: found.dev, ino: found.ino };
+        let key = FileKey {
+            dev: found.dev,
+            ino: found.ino,
+        };
         if found.kind == FileKind::Gz {
             self.on_found_gz(found, key);
             return;
@@ -538,7 +570,11 @@ impl Tailer {
         let fp = head.as_deref().and_then(fingerprint);
         // Where to start: the checkpoint if it is this file's, else per config.
         let mut offset = 0;
-        if let Some(pos) = self.restored.remove(&key).or_else(|| self.checkpoints.committed(key)) {
+        if let Some(pos) = self
+            .restored
+            .remove(&key)
+            .or_else(|| self.checkpoints.committed(key))
+        {
             if Some(pos.fingerprint) == fp {
                 offset = pos.offset.min(found.size);
             } else {
@@ -610,7 +646,9 @@ impl Tailer {
             .files
             .iter()
             .find(|(_, f)| {
-                f.fingerprint == Some(fp) && f.handle.is_none() && matches!(f.life, Life::Gone { .. })
+                f.fingerprint == Some(fp)
+                    && f.handle.is_none()
+                    && matches!(f.life, Life::Gone { .. })
             })
             .map(|(k, f)| (*k, f.safe_offset()));
         let Some((orig_key, offset)) = restored.or(unfinished) else {
@@ -684,9 +722,30 @@ impl Tailer {
             return false;
         }
         let mut progressed = false;
+        // A container's current file waits while an older file of the same container instance
+        // (rotated, compressed or deleted) still has lines: order is kept across rotation.
+        let draining: HashSet<(&str, u32)> = self
+            .files
+            .values()
+            .filter(|f| {
+                (f.found.kind != FileKind::Current || f.from_gz || f.life != Life::Present)
+                    && f.unread() > 0
+            })
+            .filter_map(|f| Some((container_dir(&f.found.host_path)?, f.found.restart)))
+            .collect();
+        let blocked: HashSet<FileKey> = self
+            .files
+            .values()
+            .filter(|f| f.found.kind == FileKind::Current && f.life == Life::Present && !f.from_gz)
+            .filter(|f| {
+                container_dir(&f.found.host_path)
+                    .is_some_and(|d| draining.contains(&(d, f.found.restart)))
+            })
+            .map(|f| f.key)
+            .collect();
         let order = self.order.clone();
         for key in order {
-            if !self.ready.contains(&key) {
+            if !self.ready.contains(&key) || blocked.contains(&key) {
                 continue;
             }
             let more = self.read_file(key);
@@ -722,7 +781,11 @@ impl Tailer {
             Some(meta) => {
                 f.meta_generation = generation;
                 f.meta_known = true;
-                if f.source.pod_meta.as_ref().is_none_or(|m| !Arc::ptr_eq(m, &meta)) {
+                if f.source
+                    .pod_meta
+                    .as_ref()
+                    .is_none_or(|m| !Arc::ptr_eq(m, &meta))
+                {
                     let mut src = clone_source(&f.source);
                     if src.container_id.is_none() {
                         src.container_id = meta
@@ -760,10 +823,7 @@ impl Tailer {
         if !self.ensure_open(key) {
             return false;
         }
-        let clock = Clock {
-            now: Instant::now(),
-            wall_ns: wall_ns(),
-        };
+        let clock = Clock::now();
         let chunk = self.s.read_chunk;
         let Some(f) = self.files.get_mut(&key) else {
             return false;
@@ -774,11 +834,17 @@ impl Tailer {
                     let size = meta.len();
                     if size < f.offset {
                         // Copy-truncate: the file was emptied in place; its new content starts at 0.
-                        self.metrics.rotations.with_label_values(&["truncate"]).inc();
+                        self.metrics
+                            .rotations
+                            .with_label_values(&["truncate"])
+                            .inc();
                         tracing::debug!(path = %f.found.host_path, "file truncated; reading it from the start");
                         let lost = f.size.saturating_sub(f.offset);
                         if lost > 0 {
-                            self.metrics.lost_bytes.with_label_values(&["truncated"]).inc_by(lost);
+                            self.metrics
+                                .lost_bytes
+                                .with_label_values(&["truncated"])
+                                .inc_by(lost);
                         }
                         f.offset = 0;
                         f.carry.clear();
@@ -832,7 +898,14 @@ impl Tailer {
                     f.last_growth = clock.now;
                 }
                 self.metrics.read_bytes.inc_by(got as u64);
-                let lines = split_lines(f, buf.freeze(), carry_len, &self.s.decode, &clock, &mut self.decoded);
+                let lines = split_lines(
+                    f,
+                    buf.freeze(),
+                    carry_len,
+                    &self.s.decode,
+                    &clock,
+                    &mut self.decoded,
+                );
                 self.metrics.read_lines.inc_by(lines);
             } else if f.from_gz {
                 // The end of a `.gz`: what it held is read.
@@ -853,8 +926,14 @@ impl Tailer {
             if st.malformed > 0 {
                 self.metrics
                     .lines_malformed
-                    .with_label_values(&[format_name(d.format())])
+                    .with_label_values(&[d.format().as_str()])
                     .inc_by(st.malformed);
+            }
+            if let Some(sample) = st.malformed_sample {
+                let path = &f.found.host_path;
+                self.malformed_warn.warn(|suppressed| {
+                    tracing::warn!(path = %path, reason = ?sample.reason, line = %String::from_utf8_lossy(&sample.line), suppressed, "malformed log line passed on as raw text")
+                });
             }
             self.metrics.lines_truncated.inc_by(st.truncated);
             self.metrics.partial_merged.inc_by(st.merged);
@@ -910,7 +989,13 @@ impl Tailer {
                         true
                     }
                     _ => {
-                        self.dirty_dirs.insert(f.found.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                        self.dirty_dirs.insert(
+                            f.found
+                                .path
+                                .parent()
+                                .map(Path::to_path_buf)
+                                .unwrap_or_default(),
+                        );
                         false
                     }
                 }
@@ -935,7 +1020,11 @@ impl Tailer {
         let victim = self
             .files
             .values()
-            .filter(|f| matches!(f.handle, Some(Handle::Plain(_))) && f.life == Life::Present && f.unread() == 0)
+            .filter(|f| {
+                matches!(f.handle, Some(Handle::Plain(_)))
+                    && f.life == Life::Present
+                    && f.unread() == 0
+            })
             .min_by_key(|f| f.last_growth)
             .map(|f| f.key);
         match victim.and_then(|k| self.files.get_mut(&k)) {
@@ -951,8 +1040,8 @@ impl Tailer {
     /// Flushes partial lines past their timeout, and lets go of files that are finished: gone and
     /// drained, or rotated and idle.
     fn expire(&mut self, out: &mut Outputs) {
-        let now = Instant::now();
-        let clock = Clock { now, wall_ns: wall_ns() };
+        let clock = Clock::now();
+        let now = clock.now;
         let linger = self.s.decode.partial_flush_timeout;
         let mut finished = Vec::new();
         let mut rotated_idle = Vec::new();
@@ -1023,7 +1112,10 @@ impl Tailer {
             return;
         };
         if lost > 0 {
-            self.metrics.lost_bytes.with_label_values(&[reason]).inc_by(lost);
+            self.metrics
+                .lost_bytes
+                .with_label_values(&[reason])
+                .inc_by(lost);
             tracing::warn!(path = %f.found.host_path, bytes = lost, reason, "log bytes lost: the file went away before loglet read them");
         }
         if f.handle.is_some() {
@@ -1040,7 +1132,10 @@ impl Tailer {
             let held: u64 = self
                 .files
                 .values()
-                .filter(|f| matches!(f.life, Life::Gone { .. }) && matches!(f.handle, Some(Handle::Plain(_))))
+                .filter(|f| {
+                    matches!(f.life, Life::Gone { .. })
+                        && matches!(f.handle, Some(Handle::Plain(_)))
+                })
                 .map(|f| f.size)
                 .sum();
             if held <= self.s.max_deleted_bytes_held {
@@ -1068,8 +1163,9 @@ impl Tailer {
             .values()
             .filter_map(|f| {
                 let partial = f.decoder.as_ref().and_then(Decoder::next_deadline);
-                let close = (f.handle.is_some() && (f.found.kind == FileKind::Rotated || matches!(f.life, Life::Gone { .. })))
-                    .then(|| f.last_growth + linger);
+                let close = (f.handle.is_some()
+                    && (f.found.kind == FileKind::Rotated || matches!(f.life, Life::Gone { .. })))
+                .then(|| f.last_growth + linger);
                 [partial, close].into_iter().flatten().min()
             })
             .min()
@@ -1106,7 +1202,11 @@ impl Tailer {
             }
         }
         self.metrics.batches_queued.set(
-            out.sinks.iter().map(|tx| (tx.max_capacity() - tx.capacity()) as i64).max().unwrap_or(0),
+            out.sinks
+                .iter()
+                .map(|tx| (tx.max_capacity() - tx.capacity()) as i64)
+                .max()
+                .unwrap_or(0),
         );
         true
     }
@@ -1122,10 +1222,21 @@ impl Tailer {
                 .map(TailFile::unread)
                 .sum::<u64>() as i64,
         );
-        let gone = self.files.values().filter(|f| matches!(f.life, Life::Gone { .. }) && f.handle.is_some());
+        let gone = self
+            .files
+            .values()
+            .filter(|f| matches!(f.life, Life::Gone { .. }) && f.handle.is_some());
         m.deleted_files_held.set(gone.clone().count() as i64);
-        m.deleted_bytes_held.set(gone.map(|f| if f.from_gz { 0 } else { f.size }).sum::<u64>() as i64);
+        m.deleted_bytes_held.set(
+            gone.map(|f| if f.from_gz { 0 } else { f.size })
+                .sum::<u64>() as i64,
+        );
     }
+}
+
+/// The container directory part of a log file's host path.
+fn container_dir(host_path: &str) -> Option<&str> {
+    host_path.rsplit_once('/').map(|(dir, _)| dir)
 }
 
 fn clone_source(s: &Source) -> Source {
@@ -1142,24 +1253,9 @@ fn clone_source(s: &Source) -> Source {
     }
 }
 
-fn format_name(f: FileFormat) -> &'static str {
-    match f {
-        FileFormat::Cri => "cri",
-        FileFormat::Docker => "docker",
-        FileFormat::Plain => "plain",
-    }
-}
-
 fn decoder_for<'a>(f: &'a mut TailFile, line: &[u8], opts: &DecodeOptions) -> &'a mut Decoder {
-    f.decoder.get_or_insert_with(|| {
-        Decoder::new(
-            FileFormat::detect(line),
-            DecodeOptions {
-                max_line_bytes: opts.max_line_bytes,
-                partial_flush_timeout: opts.partial_flush_timeout,
-            },
-        )
-    })
+    f.decoder
+        .get_or_insert_with(|| Decoder::new(FileFormat::detect(line), *opts))
 }
 
 /// Splits a block into lines and decodes them. `block` starts with the file's carried
@@ -1179,10 +1275,21 @@ fn split_lines(
     for nl in memchr::memchr_iter(b'\n', &block[carry_len..]) {
         let end = carry_len + nl;
         let truncated = f.discarding || end - start > cap;
-        let line_end = if truncated { (start + cap).min(end) } else { end };
+        let line_end = if truncated {
+            (start + cap).min(end)
+        } else {
+            end
+        };
         let line = block.slice(start..line_end);
         let dec = decoder_for(f, &line, opts);
-        dec.push(line, base + start as u64, base + end as u64 + 1, truncated, clock, out);
+        dec.push(
+            line,
+            base + start as u64,
+            base + end as u64 + 1,
+            truncated,
+            clock,
+            out,
+        );
         f.discarding = false;
         lines += 1;
         start = end + 1;
@@ -1198,13 +1305,6 @@ fn split_lines(
         f.carry.extend_from_slice(rest);
     }
     lines
-}
-
-fn wall_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {

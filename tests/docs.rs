@@ -36,24 +36,35 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_metric_is_documented_and_every_documented_metric_exists() {
-    let code: BTreeSet<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-        .flat_map(|e| metric_names(&std::fs::read_to_string(e.path()).unwrap()))
-        .collect();
+    let code: BTreeSet<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+            .flat_map(|e| metric_names(&std::fs::read_to_string(e.path()).unwrap()))
+            .collect();
     let docs = metric_names(&read("docs/metrics.md"));
     let undocumented: Vec<_> = code.difference(&docs).collect();
     let stale: Vec<_> = docs.difference(&code).collect();
-    assert!(undocumented.is_empty(), "metrics missing from docs/metrics.md: {undocumented:?}");
-    assert!(stale.is_empty(), "docs/metrics.md names metrics the code lacks: {stale:?}");
+    assert!(
+        undocumented.is_empty(),
+        "metrics missing from docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "docs/metrics.md names metrics the code lacks: {stale:?}"
+    );
 }
 
 /// Every leaf key path of a config value, with map keys under `sinks` written `<name>`.
 fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
     if let serde_json::Value::Object(m) = v {
         for (k, child) in m {
-            let key = if prefix == "sinks" { "<name>" } else { k.as_str() };
+            let key = if prefix == "sinks" {
+                "<name>"
+            } else {
+                k.as_str()
+            };
             let path = if prefix.is_empty() {
                 key.to_string()
             } else {
@@ -87,8 +98,14 @@ fn every_config_key_is_in_the_configuration_reference() {
     let mut keys = BTreeSet::new();
     key_paths(&value, "", &mut keys);
     let docs = read("docs/configuration.md");
-    let missing: Vec<_> = keys.iter().filter(|k| !docs.contains(&format!("`{k}`"))).collect();
-    assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:#?}");
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| !docs.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/configuration.md: {missing:#?}"
+    );
 }
 
 #[test]

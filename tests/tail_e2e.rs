@@ -26,7 +26,9 @@ fn by_container(records: &[Value]) -> BTreeMap<String, Vec<String>> {
             k["pod"].as_str().unwrap(),
             k["container"].as_str().unwrap()
         );
-        m.entry(key).or_default().push(r["message"].as_str().unwrap().to_string());
+        m.entry(key)
+            .or_default()
+            .push(r["message"].as_str().unwrap().to_string());
     }
     m
 }
@@ -46,19 +48,30 @@ fn every_line_of_a_multi_pod_tree_arrives_once_with_stream_time_and_pod() {
     let mut dns = node.container("kube-system", "coredns-1", "uid-dns", "coredns");
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut times = HashMap::new();
-    let long: String = (0..100 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let long: String = (0..100 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     for i in 0..200 {
         let msg = format!("{{\"level\":\"info\",\"msg\":\"request {i}\",\"path\":\"/cart\"}}");
         let t = web.line("stdout", msg.as_bytes());
         times.insert(msg.clone(), t);
-        expected.entry("shop/web-7d9f-abcde/nginx".into()).or_default().push(msg);
+        expected
+            .entry("shop/web-7d9f-abcde/nginx".into())
+            .or_default()
+            .push(msg);
         let err = format!("warning {i}: disk almost full");
         side.line("stderr", err.as_bytes());
-        expected.entry("shop/web-7d9f-abcde/sidecar".into()).or_default().push(err);
+        expected
+            .entry("shop/web-7d9f-abcde/sidecar".into())
+            .or_default()
+            .push(err);
         if i % 50 == 0 {
             let big = format!("{i}:{long}");
             web.line("stdout", big.as_bytes());
-            expected.entry("shop/web-7d9f-abcde/nginx".into()).or_default().push(big);
+            expected
+                .entry("shop/web-7d9f-abcde/nginx".into())
+                .or_default()
+                .push(big);
         }
     }
     // A Docker json-file container (dockershim / cri-dockerd), with a 16 KiB split line.
@@ -73,12 +86,18 @@ fn every_line_of_a_multi_pod_tree_arrives_once_with_stream_time_and_pod() {
     std::fs::write(docker_dir.join("0.log"), docker).unwrap();
     expected.insert(
         "legacy/app-0/app".into(),
-        vec!["hello from docker".into(), format!("{chunk}tail \"quoted\" é")],
+        vec![
+            "hello from docker".into(),
+            format!("{chunk}tail \"quoted\" é"),
+        ],
     );
     for i in 0..20 {
         let m = format!("[INFO] plugin/reload: Running configuration {i}");
         dns.line("stdout", m.as_bytes());
-        expected.entry("kube-system/coredns-1/coredns".into()).or_default().push(m);
+        expected
+            .entry("kube-system/coredns-1/coredns".into())
+            .or_default()
+            .push(m);
     }
     let total: usize = expected.values().map(Vec::len).sum();
 
@@ -93,7 +112,12 @@ fn every_line_of_a_multi_pod_tree_arrives_once_with_stream_time_and_pod() {
     // Stream, time and metadata from the path and the /var/log/containers link.
     let r = records
         .iter()
-        .find(|r| r["message"].as_str().unwrap().starts_with("{\"level\":\"info\",\"msg\":\"request 7\""))
+        .find(|r| {
+            r["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("{\"level\":\"info\",\"msg\":\"request 7\"")
+        })
         .unwrap();
     assert_eq!(r["stream"], "stdout");
     let k = &r["kubernetes"];
@@ -104,15 +128,27 @@ fn every_line_of_a_multi_pod_tree_arrives_once_with_stream_time_and_pod() {
     let msg = r["message"].as_str().unwrap();
     let want_ns = times[msg];
     let got = r["time"].as_str().unwrap();
-    assert!(got.ends_with('Z') && got.starts_with("2026-11-18T"), "{got}");
-    let sidecar = records.iter().find(|r| r["kubernetes"]["container"] == "sidecar").unwrap();
+    assert!(
+        got.ends_with('Z') && got.starts_with("2026-11-18T"),
+        "{got}"
+    );
+    let sidecar = records
+        .iter()
+        .find(|r| r["kubernetes"]["container"] == "sidecar")
+        .unwrap();
     assert_eq!(sidecar["stream"], "stderr");
-    let docker_rec = records.iter().find(|r| r["message"] == "hello from docker").unwrap();
+    let docker_rec = records
+        .iter()
+        .find(|r| r["message"] == "hello from docker")
+        .unwrap();
     assert_eq!(docker_rec["time"], "2026-11-22T10:00:00.123456789Z");
     let _ = want_ns;
 
     assert!(l.metric("loglet_partial_lines_merged_total") >= 5.0);
-    assert_eq!(l.metric("loglet_lines_malformed_total{format=\"cri\"}"), 0.0);
+    assert_eq!(
+        l.metric("loglet_lines_malformed_total{format=\"cri\"}"),
+        0.0
+    );
     assert_eq!(l.get("/healthz").0, 200);
     assert_eq!(l.get("/readyz").0, 200);
     assert_eq!(l.stop(), 0);
@@ -166,11 +202,16 @@ fn lines_of_a_deleted_pod_directory_still_arrive() {
     let got = by_container(&records);
     assert_eq!(got["batch/job-x/worker"].last().unwrap(), "done");
     assert_eq!(got["batch/job-x/worker"].len(), 502);
-    assert_eq!(l.metric("loglet_lost_bytes_total{reason=\"deleted_unread\"}"), 0.0);
+    assert_eq!(
+        l.metric("loglet_lost_bytes_total{reason=\"deleted_unread\"}"),
+        0.0
+    );
     // The file is let go once drained.
-    wait_until(Duration::from_secs(20), "the deleted file to be released", || {
-        (l.metric("loglet_deleted_files_held") == 0.0).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the deleted file to be released",
+        || (l.metric("loglet_deleted_files_held") == 0.0).then_some(()),
+    );
     assert_eq!(l.stop(), 0);
 }
 
@@ -260,12 +301,18 @@ fn malformed_content_is_counted_and_passed_through_without_a_crash() {
     c.line("stdout", b"good two");
     let l = Loglet::start(node.root(), &work, &config("", STDOUT_SINK));
     let records = wait_for_records(&l, 6);
-    let msgs: Vec<&str> = records.iter().map(|r| r["message"].as_str().unwrap()).collect();
+    let msgs: Vec<&str> = records
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
     assert_eq!(msgs[0], "good one");
     assert_eq!(msgs[1], "this is not a CRI line");
     assert_eq!(msgs[4], "bad utf8 \u{fffd}\u{fffd} inside");
     assert_eq!(msgs[5], "good two");
-    assert_eq!(l.metric("loglet_lines_malformed_total{format=\"cri\"}"), 3.0);
+    assert_eq!(
+        l.metric("loglet_lines_malformed_total{format=\"cri\"}"),
+        3.0
+    );
     assert_eq!(l.stop(), 0);
 }
 
@@ -310,10 +357,17 @@ fn check_config_names_the_file_the_key_and_what_was_expected() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml"), "{err}");
-    assert!(err.contains("rescan_interval") || err.contains("no unit"), "{err}");
+    assert!(
+        err.contains("rescan_interval") || err.contains("no unit"),
+        "{err}"
+    );
 
     let typo = dir.path().join("typo.yaml");
-    std::fs::write(&typo, "sinks:\n  out:\n    type: stdout\n    compresion: gzip\n").unwrap();
+    std::fs::write(
+        &typo,
+        "sinks:\n  out:\n    type: stdout\n    compresion: gzip\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loglet"))
         .args(["check-config", typo.to_str().unwrap()])
         .output()
@@ -332,7 +386,12 @@ fn check_config_names_the_file_the_key_and_what_was_expected() {
         .args(["check-config", good.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("https://logs.example/ingest"));
     assert!(!printed.contains("hunter2"), "secrets never printed");

@@ -28,8 +28,13 @@ pub trait Format: Send + Sync + 'static {
 
     /// What the answer means for the `records` records that were sent, in the order they were
     /// given to `Encoder::encode`.
-    fn outcome(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], records: usize)
-    -> Outcome;
+    fn outcome(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        records: usize,
+    ) -> Outcome;
 }
 
 /// Builds request bodies.
@@ -92,7 +97,9 @@ pub fn outcome_from_status(status: StatusCode, headers: &HeaderMap, body: &[u8])
 pub fn body_sample(body: &[u8]) -> String {
     const MAX: usize = 256;
     let cut = &body[..body.len().min(MAX)];
-    let mut s = String::from_utf8_lossy(cut).trim().replace(['\n', '\r'], " ");
+    let mut s = String::from_utf8_lossy(cut)
+        .trim()
+        .replace(['\n', '\r'], " ");
     if body.len() > MAX {
         s.push('…');
     }

@@ -104,9 +104,7 @@ impl Auth {
                 use base64_lite::encode;
                 format!("Basic {}", encode(format!("{user}:{password}").as_bytes()))
             }
-            AuthConfig::Bearer {
-                token: Some(t), ..
-            } => format!("Bearer {t}"),
+            AuthConfig::Bearer { token: Some(t), .. } => format!("Bearer {t}"),
             AuthConfig::Bearer {
                 token_file: Some(path),
                 ..
@@ -116,9 +114,13 @@ impl Auth {
                     cached: Mutex::new(None),
                 });
             }
-            AuthConfig::Bearer { .. } => return Err(TransportError::Header("bearer auth without a token".into())),
+            AuthConfig::Bearer { .. } => {
+                return Err(TransportError::Header("bearer auth without a token".into()));
+            }
         };
-        let mut v = HeaderValue::from_str(&value).map_err(|_| TransportError::Header("authorization (invalid characters in the credentials)".into()))?;
+        let mut v = HeaderValue::from_str(&value).map_err(|_| {
+            TransportError::Header("authorization (invalid characters in the credentials)".into())
+        })?;
         v.set_sensitive(true);
         Ok(Auth::Fixed(v))
     }
@@ -178,11 +180,12 @@ fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, Transpo
         .user_agent(concat!("loglet/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &tls.ca_file {
         let pem = read_pem(ca, "CA file")?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TransportError::BadPem {
-            what: "CA certificates",
-            path: ca.clone(),
-            message: e.to_string(),
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TransportError::BadPem {
+                what: "CA certificates",
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
         if certs.is_empty() {
             return Err(TransportError::BadPem {
                 what: "CA certificates",
@@ -209,12 +212,17 @@ fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, Transpo
         tracing::warn!("TLS certificate verification is off for a sink (tls.insecure_skip_verify)");
         b = b.danger_accept_invalid_certs(true);
     }
-    b.build().map_err(|e| TransportError::Client(format!("{e:#}")))
+    b.build()
+        .map_err(|e| TransportError::Client(format!("{e:#}")))
 }
 
 impl Transport {
     /// Builds the transport of a sink whose format adds `format_headers` and may fix the path.
-    pub fn new(cfg: &SinkConfig, format_headers: HeaderMap, path: Option<&str>) -> Result<Transport, TransportError> {
+    pub fn new(
+        cfg: &SinkConfig,
+        format_headers: HeaderMap,
+        path: Option<&str>,
+    ) -> Result<Transport, TransportError> {
         let Some(url) = cfg.url.as_deref() else {
             return Ok(Transport::Stdout);
         };
@@ -225,7 +233,8 @@ impl Transport {
         }
         let mut headers = format_headers;
         for (k, v) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| TransportError::Header(k.clone()))?;
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| TransportError::Header(k.clone()))?;
             let value = HeaderValue::from_str(v).map_err(|_| TransportError::Header(k.clone()))?;
             headers.insert(name, value);
         }
@@ -239,7 +248,12 @@ impl Transport {
     }
 
     /// Sends one body; `content_encoding` names its compression.
-    pub async fn send(&self, content_type: &str, content_encoding: Option<&str>, body: Bytes) -> Result<Answer, SendError> {
+    pub async fn send(
+        &self,
+        content_type: &str,
+        content_encoding: Option<&str>,
+        body: Bytes,
+    ) -> Result<Answer, SendError> {
         match self {
             Transport::Stdout => {
                 // Blocking writes to a pipe belong off the async workers.
@@ -273,7 +287,11 @@ impl Transport {
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await.map_err(classify)?;
-                Ok(Answer { status, headers, body })
+                Ok(Answer {
+                    status,
+                    headers,
+                    body,
+                })
             }
         }
     }
@@ -304,8 +322,9 @@ pub fn compress(c: Compression, body: Vec<u8>) -> (Vec<u8>, Option<&'static str>
                 .and_then(|()| enc.finish())
                 .map(|b| (b, Some("gzip")))
         }
-        Compression::Zstd => zstd::bulk::compress(&body, zstd::DEFAULT_COMPRESSION_LEVEL)
-            .map(|b| (b, Some("zstd"))),
+        Compression::Zstd => {
+            zstd::bulk::compress(&body, zstd::DEFAULT_COMPRESSION_LEVEL).map(|b| (b, Some("zstd")))
+        }
         Compression::Snappy => snap::raw::Encoder::new()
             .compress_vec(&body)
             .map(|b| (b, None))
@@ -324,7 +343,11 @@ mod base64_lite {
     pub fn encode(input: &[u8]) -> String {
         let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
         for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -340,7 +363,14 @@ mod base64_lite {
     #[cfg(test)]
     #[test]
     fn encodes_like_rfc_4648() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("user:pass", "dXNlcjpwYXNz")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("user:pass", "dXNlcjpwYXNz"),
+        ] {
             assert_eq!(encode(i.as_bytes()), o);
         }
     }
@@ -357,7 +387,9 @@ mod tests {
         let (gz, enc) = compress(Compression::Gzip, body.clone());
         assert_eq!(enc, Some("gzip"));
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, body);
         let (zs, enc) = compress(Compression::Zstd, body.clone());
         assert_eq!(enc, Some("zstd"));
@@ -381,7 +413,12 @@ mod tests {
         std::fs::write(&p, "two").unwrap();
         // Make sure the modification time differs even on coarse-grained filesystems.
         let later = SystemTime::now() + Duration::from_secs(5);
-        std::fs::File::options().write(true).open(&p).unwrap().set_modified(later).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         assert_eq!(auth.value().unwrap(), "Bearer two");
     }
 }

@@ -211,7 +211,9 @@ impl Checkpoints {
             }
             inner.dirty = true;
         }
-        self.metrics.unacked_records.set(inner.unacked_records as i64);
+        self.metrics
+            .unacked_records
+            .set(inner.unacked_records as i64);
         self.metrics
             .checkpoint_files
             .set(inner.committed.len() as i64);
@@ -264,9 +266,10 @@ impl Checkpoints {
                     self.lock().dirty = true;
                 }
                 self.metrics.checkpoint_errors.inc();
-                self.metrics
-                    .readiness
-                    .fail("checkpoints", format!("cannot write {}: {source}", self.path.display()));
+                self.metrics.readiness.fail(
+                    "checkpoints",
+                    format!("cannot write {}: {source}", self.path.display()),
+                );
                 Err(CheckpointError::Write {
                     path: self.path.clone(),
                     source,

@@ -34,14 +34,23 @@ impl Loglet {
         Self::start_with_env(root, work, config_yaml, &[])
     }
 
-    pub fn start_with_env(root: &Path, work: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Loglet {
+    pub fn start_with_env(
+        root: &Path,
+        work: &Path,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Loglet {
         std::fs::create_dir_all(work).expect("work dir");
         let config = work.join("config.yaml");
         std::fs::write(&config, config_yaml).expect("config");
         // Each start appends to the same files, so a test sees everything across restarts.
         let stdout = work.join("stdout.ndjson");
         let stderr_path = work.join(format!("stderr-{}.log", unique()));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&stdout).expect("stdout");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stdout)
+            .expect("stdout");
         let err = std::fs::File::create(&stderr_path).expect("stderr");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loglet"));
         cmd.arg("run")
@@ -86,10 +95,17 @@ impl Loglet {
                     return val.to_string();
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("loglet exited ({status}) before logging {message:?}:\n{text}");
             }
-            assert!(Instant::now() < deadline, "no {message:?} in loglet's log:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} in loglet's log:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +140,11 @@ impl Loglet {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "loglet did not stop within 30 s of SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "loglet did not stop within 30 s of SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -175,7 +195,11 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to loglet's metrics server");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp
@@ -183,7 +207,10 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 

@@ -90,7 +90,10 @@ impl Container {
                 .open(self.path())
                 .expect("open log"),
         );
-        let seed = format!("{}/{}/{}/{}", self.namespace, self.pod, self.name, self.restart);
+        let seed = format!(
+            "{}/{}/{}/{}",
+            self.namespace, self.pod, self.name, self.restart
+        );
         self.id = hex64(&seed);
         let link = self.links.join(format!(
             "{}_{}_{}-{}.log",
@@ -176,7 +179,10 @@ impl Container {
         let data = std::fs::read(rotated).expect("read rotated");
         let gz_path = PathBuf::from(format!("{}.gz", rotated.display()));
         let tmp = PathBuf::from(format!("{}.tmp", rotated.display()));
-        let mut enc = flate2::write::GzEncoder::new(File::create(&tmp).expect("tmp"), flate2::Compression::default());
+        let mut enc = flate2::write::GzEncoder::new(
+            File::create(&tmp).expect("tmp"),
+            flate2::Compression::default(),
+        );
         enc.write_all(&data).expect("gzip");
         enc.finish().expect("gzip finish");
         std::fs::rename(&tmp, &gz_path).expect("rename gz");
@@ -186,7 +192,11 @@ impl Container {
 
     /// Copy-truncate, as logrotate does: the file is emptied in place.
     pub fn truncate(&mut self) {
-        self.file.as_mut().expect("open").set_len(0).expect("truncate");
+        self.file
+            .as_mut()
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
     }
 
     /// A container restart: `N+1.log` with a new container ID; `N.log` stays.
