@@ -5,10 +5,10 @@
 //! where the issue asks for them). No series carries a Pod name, UID or file path. docs/metrics.md
 //! lists every metric; a test checks that the list and this file agree.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -75,6 +75,12 @@ pub struct Metrics {
     started: std::time::Instant,
     /// Readiness conditions beyond start-up, each with a reason when false.
     pub readiness: Readiness,
+
+    // sink backends
+    /// Distinct Loki label sets (streams) each Loki sink has sent recently.
+    pub loki_label_sets: IntGaugeVec,
+    /// Sources whose Loki labels were cut to the first one to stay within `max_label_sets`.
+    pub loki_labels_folded: IntCounterVec,
 }
 
 /// Named readiness conditions; `/readyz` is ready when none is failing.
@@ -83,10 +89,16 @@ pub struct Readiness(Mutex<BTreeMap<&'static str, String>>);
 
 impl Readiness {
     pub fn fail(&self, name: &'static str, why: String) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name, why);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, why);
     }
     pub fn pass(&self, name: &'static str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
     pub fn failing(&self) -> Vec<String> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -272,6 +284,19 @@ impl Metrics {
                 &r,
                 "loglet_start_time_seconds",
                 "Start time of the process, Unix seconds",
+            ),
+            // sink backends
+            loki_label_sets: gauge_vec(
+                &r,
+                "loglet_loki_label_sets",
+                "Distinct stream label sets a Loki sink sent in the last hour",
+                &["sink"],
+            ),
+            loki_labels_folded: counter_vec(
+                &r,
+                "loglet_loki_labels_folded_total",
+                "Sources whose extra Loki labels went to structured metadata because max_label_sets was reached",
+                &["sink"],
             ),
             registry: r,
             ready: AtomicBool::new(false),

@@ -158,7 +158,12 @@ pub fn source_members(source: &Source, out: &mut Vec<u8>) {
     let mut first = true;
     write_field(out, &mut first, "namespace", &source.namespace);
     write_field(out, &mut first, "pod", &source.pod);
-    write_field(out, &mut first, "pod_uid", meta.map_or(&source.pod_uid, |m| &m.uid));
+    write_field(
+        out,
+        &mut first,
+        "pod_uid",
+        meta.map_or(&source.pod_uid, |m| &m.uid),
+    );
     write_field(out, &mut first, "container", &source.container);
     let container_id = source
         .container_id
@@ -390,7 +395,10 @@ mod tests {
         assert_eq!(k["workload"]["kind"], "Deployment");
         assert_eq!(k["node"], "node-a");
         assert_eq!(k["restart_count"], 0);
-        assert_eq!(lines[0]["file"], "/var/log/pods/shop_web-1_uid-1/nginx/0.log");
+        assert_eq!(
+            lines[0]["file"],
+            "/var/log/pods/shop_web-1_uid-1/nginx/0.log"
+        );
         assert_eq!(lines[1]["stream"], "stderr");
         assert_eq!(lines[1]["truncated"], true);
         assert!(lines[0].get("truncated").is_none());
