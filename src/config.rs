@@ -1071,7 +1071,7 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
             })
             .collect();
         p.push(format!(
-            "{key}.compression: a {} sink supports {}",
+            "{key}.compression: {} sinks support {}",
             kind.as_str(),
             names.join(", ")
         ));
@@ -1174,5 +1174,113 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
             }
         }
         SinkType::Stdout | SinkType::Http => {}
+    }
+}
+
+#[cfg(test)]
+mod sink_option_tests {
+    use super::*;
+
+    fn problems(sink_body: &str) -> String {
+        let text = format!("sinks:\n  out:\n{sink_body}");
+        match Config::parse_str(&text, Path::new("test.yaml")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn backend_blocks_parse_with_their_defaults() {
+        let text = "sinks:\n  l:\n    type: loki\n    url: http://loki:3100\n  e:\n    type: elasticsearch\n    url: http://es:9200\n  o:\n    type: otlp\n    url: http://otel:4318\n  s:\n    type: splunk_hec\n    url: https://splunk:8088\n    splunk_hec: {token: t}\n";
+        let c = Config::parse_str(text, Path::new("t.yaml")).unwrap();
+        assert_eq!(c.sinks["l"].kind, SinkType::Loki);
+        assert_eq!(c.sinks["e"].kind, SinkType::Elasticsearch);
+        assert_eq!(c.sinks["o"].kind, SinkType::Otlp);
+        assert_eq!(c.sinks["s"].kind, SinkType::SplunkHec);
+        assert_eq!(LokiOptions::default().labels, DEFAULT_LOKI_LABELS);
+        assert_eq!(ElasticsearchOptions::default().index, DEFAULT_ES_INDEX);
+        assert_eq!(
+            c.sinks["s"].splunk_hec.as_ref().unwrap().sourcetype,
+            DEFAULT_HEC_SOURCETYPE
+        );
+    }
+
+    #[test]
+    fn backend_option_problems_name_their_key() {
+        let cases = [
+            (
+                "    type: http\n    url: http://x/\n    loki: {}\n",
+                "sinks.out.loki: options for a loki sink, but this sink's type is http",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n",
+                "sinks.out.splunk_hec: exactly one of token and token_file is needed",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: ['1bad=namespace']}\n",
+                "sinks.out.loki.labels[0]: `1bad` is not a label name",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: [namespace, 'namespace=pod']}\n",
+                "sinks.out.loki.labels[1]: `namespace` is given twice",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: [podname]}\n",
+                "sinks.out.loki.labels[0]: `podname` is not a field",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: []}\n",
+                "sinks.out.loki.labels: at least one label is needed",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    compression: gzip\n",
+                "sinks.out.compression: loki sinks support none, snappy",
+            ),
+            (
+                "    type: elasticsearch\n    url: http://x/\n    elasticsearch: {index: 'logs-%Q'}\n",
+                "sinks.out.elasticsearch.index: `%Q` is not supported",
+            ),
+            (
+                "    type: elasticsearch\n    url: http://x/\n    compression: zstd\n",
+                "sinks.out.compression: elasticsearch sinks support none, gzip",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n    splunk_hec: {token: t, index: 'k-%Y'}\n",
+                "sinks.out.splunk_hec.index: dates (%Y …) are not supported here",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n    auth: {bearer: {token: x}}\n    splunk_hec: {token: t}\n",
+                "sinks.out.auth: a splunk_hec sink authenticates with splunk_hec.token",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {max_label_sets: 0}\n",
+                "sinks.out.loki.max_label_sets: must be at least 1",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = problems(body);
+            assert!(got.contains(want), "want `{want}` in:\n{got}");
+        }
+        assert_eq!(
+            problems(
+                "    type: loki\n    url: http://x/\n    loki: {encoding: json}\n    compression: gzip\n"
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn backend_secrets_are_redacted_when_printed() {
+        let c = Config::parse_str(
+            "sinks:\n  s:\n    type: splunk_hec\n    url: http://x/\n    splunk_hec: {token: hec-s3cret}\n  e:\n    type: elasticsearch\n    url: http://x/\n    elasticsearch: {api_key: es-s3cret}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let printed = serde_saphyr::to_string(&c).unwrap();
+        let debug = format!("{c:?}");
+        for secret in ["hec-s3cret", "es-s3cret"] {
+            assert!(!printed.contains(secret), "{printed}");
+            assert!(!debug.contains(secret), "{debug}");
+        }
     }
 }

@@ -411,3 +411,237 @@ impl Encoder for EsEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::Stream;
+    use crate::sink::encode::tests::{bare_source, record, rich_source, sink_config};
+
+    /// 2024-05-01T23:59:59.5Z
+    const LATE: i64 = 1_714_607_999_500_000_000;
+
+    fn format(options: &str) -> ElasticsearchFormat {
+        let cfg = sink_config(&format!(
+            "    type: elasticsearch\n    url: http://es:9200\n    elasticsearch: {options}\n"
+        ));
+        ElasticsearchFormat::new("out", &cfg, Some("self-node")).unwrap()
+    }
+
+    fn lines(f: &ElasticsearchFormat, records: &[Record]) -> Vec<serde_json::Value> {
+        let refs: Vec<&Record> = records.iter().collect();
+        let mut out = Vec::new();
+        f.encoder().encode(&refs, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'), "the body ends with a newline");
+        out.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn bulk_bodies_pair_an_action_with_each_document() {
+        let f = format("{pipeline: k8s-logs}");
+        let (rich, bare) = (rich_source(), bare_source());
+        let mut cut = record(&bare, b"etcd", LATE, Stream::Stderr);
+        cut.flags = flags::TRUNCATED;
+        let l = lines(
+            &f,
+            &[record(&rich, b"GET / \"200\"", LATE, Stream::Stdout), cut],
+        );
+        assert_eq!(l.len(), 4);
+        assert_eq!(
+            l[0],
+            serde_json::json!({"create":{"_index":"logs-shop-2024.05.01","pipeline":"k8s-logs"}})
+        );
+        assert_eq!(l[1]["@timestamp"], "2024-05-01T23:59:59.5Z");
+        assert_eq!(l[1]["message"], "GET / \"200\"");
+        assert_eq!(l[1]["stream"], "stdout");
+        assert_eq!(l[1]["file"], rich.path.as_str());
+        let k = &l[1]["kubernetes"];
+        assert_eq!(k["namespace"], "shop");
+        assert_eq!(k["pod"], "web-5d8f-x2x");
+        assert_eq!(k["container_id"], "c0ffee");
+        assert_eq!(k["workload"]["name"], "web");
+        assert_eq!(
+            k["labels"],
+            serde_json::json!({"app_kubernetes_io/name":"web","team":"Payments"}),
+            "dots in label keys are replaced"
+        );
+        assert!(l[1].get("truncated").is_none());
+        assert_eq!(l[2]["create"]["_index"], "logs-kube-system-2024.05.01");
+        assert_eq!(l[3]["stream"], "stderr");
+        assert_eq!(l[3]["truncated"], true);
+    }
+
+    #[test]
+    fn the_index_follows_each_records_date_across_midnight() {
+        let f = format(
+            "{index: 'logs-{label:team|none}-%Y.%m.%d', action: index, suppress_type_name: false, replace_dots: false}",
+        );
+        let rich = rich_source();
+        let l = lines(
+            &f,
+            &[
+                record(&rich, b"a", LATE, Stream::Stdout),
+                record(&rich, b"b", LATE + 1_000_000_000, Stream::Stdout),
+                record(&rich, b"c", LATE - 86_400_000_000_000, Stream::Stdout),
+                record(&bare_source(), b"d", LATE, Stream::Stdout),
+            ],
+        );
+        let index: Vec<&str> = l
+            .iter()
+            .step_by(2)
+            .map(|a| a["index"]["_index"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            index,
+            [
+                "logs-payments-2024.05.01",
+                "logs-payments-2024.05.02",
+                "logs-payments-2024.04.30",
+                "logs-none-2024.05.01"
+            ]
+        );
+        assert_eq!(l[0]["index"]["_type"], "_doc");
+        assert_eq!(
+            l[1]["kubernetes"]["labels"]["app.kubernetes.io/name"],
+            "web"
+        );
+    }
+
+    #[test]
+    fn index_names_are_made_acceptable() {
+        let cases = [
+            ("Logs-Shop", "logs-shop"),
+            ("_a b,c#d:e", "a_b_c_d_e"),
+            ("-+x", "x"),
+            ("", "loglet"),
+            ("..", "loglet"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_string();
+            sanitize_index(&mut s);
+            assert_eq!(s, want, "{input}");
+        }
+        let mut long = "a".repeat(300);
+        sanitize_index(&mut long);
+        assert_eq!(long.len(), MAX_INDEX_BYTES);
+    }
+
+    fn answer(status: u16, body: &str, records: usize) -> Outcome {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("4"));
+        outcome(
+            StatusCode::from_u16(status).unwrap(),
+            &h,
+            body.as_bytes(),
+            records,
+        )
+    }
+
+    #[test]
+    fn bulk_answers_retry_only_the_failed_items_and_drop_mapping_errors() {
+        let mixed = r#"{"errors":true,"items":[
+            {"create":{"status":201}},
+            {"create":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
+            {"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [kubernetes.labels.app] of type [text]"}}},
+            {"create":{"status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}},
+            {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"document already exists"}}},
+            {"index":{"status":200}}
+        ]}"#;
+        assert_eq!(
+            answer(200, mixed, 6),
+            Outcome::Partial {
+                retry: vec![1, 3],
+                rejected: 1,
+                reason: "1 documents rejected, e.g. 400 mapper_parsing_exception: failed to parse field [kubernetes.labels.app] of type [text]; 2 documents to retry, e.g. 429 es_rejected_execution_exception: rejected execution of coordinating operation".into(),
+            }
+        );
+        assert_eq!(answer(200, r#"{"errors":false}"#, 6), Outcome::Delivered);
+        assert_eq!(
+            answer(
+                200,
+                r#"{"took":3,"errors":false,"items":[{"create":{"status":201}}]}"#,
+                1
+            ),
+            Outcome::Delivered
+        );
+        let all_busy =
+            r#"{"errors":true,"items":[{"create":{"status":429}},{"create":{"status":429}}]}"#;
+        assert!(matches!(
+            answer(200, all_busy, 2),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(4)
+        ));
+        assert!(
+            matches!(answer(200, mixed, 5), Outcome::Rejected { reason } if reason.contains("6 items for 5"))
+        );
+        assert!(matches!(answer(200, "<html>", 1), Outcome::Rejected { .. }));
+    }
+
+    #[test]
+    fn request_failures_map_to_outcomes() {
+        assert!(matches!(
+            answer(429, "{}", 3),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(4)
+        ));
+        assert!(matches!(answer(502, "", 3), Outcome::Retry { .. }));
+        assert_eq!(
+            answer(400, r#"{"error":{"type":"illegal_argument_exception","reason":"Malformed action/metadata line [1]"},"status":400}"#, 3),
+            Outcome::Rejected {
+                reason: "elasticsearch answered 400 Bad Request: illegal_argument_exception: Malformed action/metadata line [1]".into()
+            }
+        );
+        assert!(
+            matches!(answer(413, "", 3), Outcome::Rejected { reason } if reason.contains("batch.max_bytes"))
+        );
+        assert!(matches!(answer(401, "", 3), Outcome::Rejected { .. }));
+    }
+
+    #[test]
+    fn requests_carry_the_api_key_and_ask_for_a_small_answer() {
+        let f = format("{api_key: 'aWQ6a2V5'}");
+        let mut h = HeaderMap::new();
+        f.headers(&mut h);
+        assert_eq!(h[AUTHORIZATION], "ApiKey aWQ6a2V5");
+        assert!(h[AUTHORIZATION].is_sensitive());
+        assert_eq!(
+            f.path(),
+            Some("/_bulk?filter_path=errors,items.*.error,items.*.status")
+        );
+        assert_eq!(f.content_type(), "application/x-ndjson");
+        let plain = format("{filter_path: false}");
+        assert_eq!(plain.path(), Some("/_bulk"));
+        let cfg = sink_config("    type: elasticsearch\n    url: https://es:9200/_bulk\n");
+        let at_bulk = ElasticsearchFormat::new("out", &cfg, None).unwrap();
+        assert_eq!(
+            at_bulk.path(),
+            Some("?filter_path=errors,items.*.error,items.*.status")
+        );
+        let mut h = HeaderMap::new();
+        at_bulk.headers(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_api_key_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "c2VjcmV0\n").unwrap();
+        let f = format(&format!("{{api_key_file: {}}}", path.display()));
+        let mut h = HeaderMap::new();
+        f.headers(&mut h);
+        assert_eq!(h[AUTHORIZATION], "ApiKey c2VjcmV0");
+        let cfg = sink_config(&format!(
+            "    type: elasticsearch\n    url: http://es:9200\n    elasticsearch: {{api_key_file: {}}}\n",
+            dir.path().join("missing").display()
+        ));
+        let e = ElasticsearchFormat::new("out", &cfg, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("failed to read") && e.contains("missing"), "{e}");
+    }
+}

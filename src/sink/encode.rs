@@ -529,6 +529,49 @@ pub(crate) mod tests {
         })
     }
 
+    /// The sink `out` of a config whose sink body is `body` (YAML, indented by four spaces).
+    pub(crate) fn sink_config(body: &str) -> crate::config::SinkConfig {
+        let text = format!("sinks:\n  out:\n{body}");
+        let mut c = crate::config::Config::parse_str(&text, std::path::Path::new("test.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.sinks.remove("out").expect("sink out")
+    }
+
+    pub(crate) fn record(
+        source: &Arc<Source>,
+        line: &[u8],
+        time_ns: i64,
+        stream: Stream,
+    ) -> crate::record::Record {
+        crate::record::Record {
+            line: bytes::Bytes::copy_from_slice(line),
+            time_ns,
+            stream,
+            flags: 0,
+            source: source.clone(),
+        }
+    }
+
+    /// Another replica of `rich_source`'s Deployment.
+    pub(crate) fn replica_source() -> Arc<Source> {
+        let rich = rich_source();
+        let mut meta = rich.pod_meta.as_deref().cloned().expect("meta");
+        meta.name = "web-5d8f-q7q".into();
+        meta.uid = "uid-2".into();
+        meta.containers[0].container_id = Some("beef".into());
+        Arc::new(Source {
+            id: Source::next_id(),
+            path: "/var/log/pods/shop_web-5d8f-q7q_uid-2/nginx/0.log".into(),
+            namespace: "shop".into(),
+            pod: "web-5d8f-q7q".into(),
+            pod_uid: "uid-2".into(),
+            container: "nginx".into(),
+            container_id: None,
+            restart_count: Some(0),
+            pod_meta: Some(Arc::new(meta)),
+        })
+    }
+
     /// A Pod known only from its log path.
     pub(crate) fn bare_source() -> Arc<Source> {
         Arc::new(Source {

@@ -703,3 +703,355 @@ impl Encoder for LokiEncoder {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prost::Message;
+
+    use super::proto::{LabelPairAdapter, PushRequest};
+    use super::*;
+    use crate::sink::encode::tests::{
+        bare_source, record, replica_source, rich_source, sink_config,
+    };
+
+    const T0: i64 = 1_714_568_400_000_000_000;
+
+    fn format(options: &str, metrics: &Metrics) -> LokiFormat {
+        let cfg = sink_config(&format!(
+            "    type: loki\n    url: http://loki:3100\n    loki: {options}\n"
+        ));
+        LokiFormat::new("out", &cfg, Some("self-node"), metrics).unwrap()
+    }
+
+    fn encode(f: &LokiFormat, records: &[Record]) -> Vec<u8> {
+        let refs: Vec<&Record> = records.iter().collect();
+        let mut out = Vec::new();
+        f.encoder().encode(&refs, &mut out);
+        out
+    }
+
+    fn pairs(p: &[LabelPairAdapter]) -> Vec<(&str, &str)> {
+        p.iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn protobuf_push_groups_replicas_into_one_stream_sorted_by_time() {
+        let m = Metrics::new();
+        let f = format("{}", &m);
+        let (a, b, bare) = (rich_source(), replica_source(), bare_source());
+        let mut truncated = record(&a, b"cut", T0 + 5, Stream::Stdout);
+        truncated.flags = flags::TRUNCATED;
+        let recs = [
+            record(&a, b"third", T0 + 3_000_000_001, Stream::Stdout),
+            record(&b, b"first \"quoted\"", T0 + 1, Stream::Stderr),
+            record(&bare, b"etcd says hi", T0 + 2, Stream::Stdout),
+            truncated,
+        ];
+        let req = PushRequest::decode(encode(&f, &recs).as_slice()).unwrap();
+        assert_eq!(req.streams.len(), 2);
+        let web = req
+            .streams
+            .iter()
+            .find(|s| s.labels.contains("web"))
+            .unwrap();
+        assert_eq!(
+            web.labels,
+            r#"{app="web", container="nginx", namespace="shop", node="node-a"}"#
+        );
+        let lines: Vec<&str> = web.entries.iter().map(|e| e.line.as_str()).collect();
+        assert_eq!(lines, ["first \"quoted\"", "cut", "third"]);
+        let ts: Vec<i64> = web
+            .entries
+            .iter()
+            .map(|e| e.timestamp.as_ref().unwrap().unix_nanos())
+            .collect();
+        assert_eq!(ts, [T0 + 1, T0 + 5, T0 + 3_000_000_001]);
+        assert_eq!(
+            pairs(&web.entries[0].structured_metadata),
+            [
+                ("pod", "web-5d8f-q7q"),
+                ("pod_uid", "uid-2"),
+                ("container_id", "beef"),
+                ("stream", "stderr")
+            ]
+        );
+        assert_eq!(
+            pairs(&web.entries[1].structured_metadata),
+            [
+                ("pod", "web-5d8f-x2x"),
+                ("pod_uid", "uid-1"),
+                ("container_id", "c0ffee"),
+                ("stream", "stdout"),
+                ("truncated", "true")
+            ]
+        );
+        let etcd = req
+            .streams
+            .iter()
+            .find(|s| s.labels.contains("etcd"))
+            .unwrap();
+        // Without API metadata: no app, and the node is loglet's own.
+        assert_eq!(
+            etcd.labels,
+            r#"{container="etcd", namespace="kube-system", node="self-node"}"#
+        );
+        assert_eq!(etcd.entries.len(), 1);
+        assert_eq!(etcd.hash, 0);
+    }
+
+    #[test]
+    fn json_push_carries_the_same_streams_and_metadata() {
+        let m = Metrics::new();
+        let f = format("{encoding: json}", &m);
+        let (a, bare) = (rich_source(), bare_source());
+        let recs = [
+            record(&a, b"b", T0 + 9, Stream::Stdout),
+            record(&bare, b"x", T0, Stream::Stderr),
+            record(&a, b"a\n\"", T0 + 1, Stream::Stdout),
+        ];
+        let v: serde_json::Value = serde_json::from_slice(&encode(&f, &recs)).unwrap();
+        let streams = v["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), 2);
+        let web = streams
+            .iter()
+            .find(|s| s["stream"]["app"] == "web")
+            .unwrap();
+        assert_eq!(
+            web["stream"],
+            serde_json::json!({"app":"web","container":"nginx","namespace":"shop","node":"node-a"})
+        );
+        assert_eq!(
+            web["values"],
+            serde_json::json!([
+                [(T0 + 1).to_string(), "a\n\"", {"pod":"web-5d8f-x2x","pod_uid":"uid-1","container_id":"c0ffee","stream":"stdout"}],
+                [(T0 + 9).to_string(), "b", {"pod":"web-5d8f-x2x","pod_uid":"uid-1","container_id":"c0ffee","stream":"stdout"}],
+            ])
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_in_both_encodings() {
+        let m = Metrics::new();
+        let src = rich_source();
+        let recs = [record(&src, b"bad \xff byte", T0, Stream::Stdout)];
+        let req = PushRequest::decode(encode(&format("{}", &m), &recs).as_slice()).unwrap();
+        assert_eq!(req.streams[0].entries[0].line, "bad \u{fffd} byte");
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode(&format("{encoding: json}", &m), &recs)).unwrap();
+        assert_eq!(v["streams"][0]["values"][0][1], "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn label_sources_names_and_values_follow_the_config() {
+        let m = Metrics::new();
+        let f = format(
+            "{labels: [namespace, 'label:app.kubernetes.io/name', 'cluster=static:eu-1', stream, 'team=label:missing'], structured_metadata: false}",
+            &m,
+        );
+        let src = rich_source();
+        let recs = [
+            record(&src, b"o", T0, Stream::Stdout),
+            record(&src, b"e", T0, Stream::Stderr),
+        ];
+        let req = PushRequest::decode(encode(&f, &recs).as_slice()).unwrap();
+        let mut labels: Vec<&str> = req.streams.iter().map(|s| s.labels.as_str()).collect();
+        labels.sort();
+        assert_eq!(
+            labels,
+            [
+                r#"{app_kubernetes_io_name="web", cluster="eu-1", namespace="shop", stream="stderr"}"#,
+                r#"{app_kubernetes_io_name="web", cluster="eu-1", namespace="shop", stream="stdout"}"#,
+            ]
+        );
+        assert!(
+            req.streams
+                .iter()
+                .all(|s| s.entries[0].structured_metadata.is_empty())
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_empty_label_sets_get_a_fallback() {
+        let m = Metrics::new();
+        let f = format(r#"{labels: ["x=static:a\"b\\c\nd", 'label:none']}"#, &m);
+        let src = rich_source();
+        let req =
+            PushRequest::decode(encode(&f, &[record(&src, b"l", T0, Stream::Stdout)]).as_slice())
+                .unwrap();
+        assert_eq!(req.streams[0].labels, r#"{x="a\"b\\c\nd"}"#);
+        let f = format("{labels: ['label:none']}", &m);
+        let req =
+            PushRequest::decode(encode(&f, &[record(&src, b"l", T0, Stream::Stdout)]).as_slice())
+                .unwrap();
+        assert_eq!(req.streams[0].labels, r#"{service_name="unknown_service"}"#);
+    }
+
+    #[test]
+    fn beyond_max_label_sets_new_pods_fold_their_labels_into_metadata() {
+        let m = Metrics::new();
+        let f = format("{labels: [namespace, pod], max_label_sets: 2}", &m);
+        let (a, b, c) = (rich_source(), replica_source(), bare_source());
+        let mut enc = f.encoder();
+        let mut push = |src: &Arc<Source>| {
+            let r = record(src, b"l", T0, Stream::Stdout);
+            let mut out = Vec::new();
+            enc.encode(&[&r], &mut out);
+            PushRequest::decode(out.as_slice()).unwrap()
+        };
+        assert_eq!(
+            push(&a).streams[0].labels,
+            r#"{namespace="shop", pod="web-5d8f-x2x"}"#
+        );
+        assert_eq!(
+            push(&b).streams[0].labels,
+            r#"{namespace="shop", pod="web-5d8f-q7q"}"#
+        );
+        // The third Pod's set would be the third: it keeps the namespace only.
+        let third = push(&c);
+        assert_eq!(third.streams[0].labels, r#"{namespace="kube-system"}"#);
+        assert!(
+            pairs(&third.streams[0].entries[0].structured_metadata).contains(&("pod", "etcd-n1"))
+        );
+        // Known sets stay whole.
+        assert_eq!(
+            push(&a).streams[0].labels,
+            r#"{namespace="shop", pod="web-5d8f-x2x"}"#
+        );
+        assert_eq!(m.loki_labels_folded.with_label_values(&["out"]).get(), 1);
+        assert_eq!(m.loki_label_sets.with_label_values(&["out"]).get(), 3);
+    }
+
+    #[test]
+    fn idle_label_sets_stop_counting_against_the_limit() {
+        let m = Metrics::new();
+        let guard = LabelGuard {
+            limit: 1,
+            sets: Mutex::new(HashMap::new()),
+            gauge: m.loki_label_sets.with_label_values(&["g"]),
+            folded: m.loki_labels_folded.with_label_values(&["g"]),
+        };
+        let t0 = Instant::now();
+        assert_eq!(guard.admit(&[1, 2], t0), 2);
+        assert_eq!(
+            guard.admit(&[1, 3], t0),
+            1,
+            "full: folds to the known first label"
+        );
+        let later = t0 + LABEL_SET_IDLE + Duration::from_secs(1);
+        assert_eq!(
+            guard.admit(&[4, 5], later),
+            2,
+            "the idle sets were forgotten"
+        );
+    }
+
+    #[test]
+    fn answers_map_to_outcomes() {
+        let retry_after_7 = {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_static("7"));
+            h
+        };
+        let none = HeaderMap::new();
+        let cases: Vec<(u16, &HeaderMap, &str, Outcome)> = vec![
+            (204, &none, "", Outcome::Delivered),
+            (
+                429,
+                &retry_after_7,
+                "Ingestion rate limit exceeded",
+                Outcome::Retry {
+                    after: Some(Duration::from_secs(7)),
+                    reason: "loki answered 429 Too Many Requests: Ingestion rate limit exceeded".into(),
+                },
+            ),
+            (
+                503,
+                &none,
+                "",
+                Outcome::Retry {
+                    after: None,
+                    reason: "loki answered 503 Service Unavailable: ".into(),
+                },
+            ),
+            (
+                400,
+                &none,
+                "entry with timestamp 2024-05-01 ignored, reason: 'entry too far behind, oldest acceptable timestamp is: 2024-05-01T12:00:00Z',\nuser 'fake', total ignored: 2 out of 5 for stream: {namespace=\"shop\"}",
+                Outcome::Partial {
+                    retry: vec![],
+                    rejected: 2,
+                    reason: "loki answered 400 Bad Request: entry with timestamp 2024-05-01 ignored, reason: 'entry too far behind, oldest acceptable timestamp is: 2024-05-01T12:00:00Z', user 'fake', total ignored: 2 out of 5 for stream: {namespace=\"shop\"}".into(),
+                },
+            ),
+            (
+                400,
+                &none,
+                "Max entry size '262144' bytes exceeded for stream '{namespace=\"shop\"}' while adding an entry with length '300000' bytes",
+                Outcome::Rejected {
+                    reason: "loki answered 400 Bad Request: Max entry size '262144' bytes exceeded for stream '{namespace=\"shop\"}' while adding an entry with length '300000' bytes".into(),
+                },
+            ),
+            (
+                401,
+                &none,
+                "no org id",
+                Outcome::Rejected {
+                    reason: "loki answered 401 Unauthorized: no org id".into(),
+                },
+            ),
+        ];
+        for (status, headers, body, want) in cases {
+            let got = outcome(
+                StatusCode::from_u16(status).unwrap(),
+                headers,
+                body.as_bytes(),
+                5,
+            );
+            assert_eq!(got, want, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn requests_name_the_tenant_path_type_and_compression() {
+        let m = Metrics::new();
+        let f = format("{tenant: team-a}", &m);
+        let mut h = HeaderMap::new();
+        f.headers(&mut h);
+        assert_eq!(h["x-scope-orgid"], "team-a");
+        assert_eq!(f.path(), Some(PUSH_PATH));
+        assert_eq!(f.content_type(), "application/x-protobuf");
+        assert_eq!(f.default_compression(), Compression::Snappy);
+        let j = format("{encoding: json}", &m);
+        assert_eq!(j.content_type(), "application/json");
+        assert_eq!(j.default_compression(), Compression::None);
+        let mut h = HeaderMap::new();
+        j.headers(&mut h);
+        assert!(h.is_empty());
+        let cfg = sink_config("    type: loki\n    url: http://loki:3100/loki/api/v1/push\n");
+        let full = LokiFormat::new("out", &cfg, None, &m).unwrap();
+        assert_eq!(full.path(), None);
+    }
+
+    #[test]
+    fn label_names_are_checked_and_keys_sanitized() {
+        for (name, ok) in [
+            ("app", true),
+            ("_x1", true),
+            ("1x", false),
+            ("__name__", false),
+            ("a-b", false),
+            ("", false),
+        ] {
+            assert_eq!(valid_label_name(name), ok, "{name}");
+        }
+        assert_eq!(
+            sanitize_label_name("app.kubernetes.io/name"),
+            "app_kubernetes_io_name"
+        );
+        assert_eq!(sanitize_label_name("9lives"), "_9lives");
+    }
+}

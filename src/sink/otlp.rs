@@ -583,3 +583,359 @@ impl Encoder for OtlpEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use reqwest::header::HeaderValue;
+
+    use super::proto::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse, KeyValue,
+        SeverityNumber,
+    };
+    use super::*;
+    use crate::sink::encode::tests::{bare_source, record, rich_source, sink_config};
+
+    const T0: i64 = 1_714_568_400_000_000_000;
+
+    fn format(options: &str) -> OtlpFormat {
+        let cfg = sink_config(&format!(
+            "    type: otlp\n    url: http://otel:4318\n    otlp: {options}\n"
+        ));
+        OtlpFormat::new("out", &cfg, Some("self-node")).unwrap()
+    }
+
+    fn encode(f: &OtlpFormat, records: &[Record]) -> Vec<u8> {
+        let refs: Vec<&Record> = records.iter().collect();
+        let mut out = Vec::new();
+        f.encoder().encode(&refs, &mut out);
+        out
+    }
+
+    fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+        kvs.iter()
+            .map(|kv| {
+                let v = kv
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| kv.as_int().map(|i| format!("int:{i}")))
+                    .unwrap_or_else(|| format!("{:?}", kv.value));
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
+
+    fn now_ns() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    #[test]
+    fn protobuf_export_groups_records_per_resource_with_k8s_attributes() {
+        let f = format("{}");
+        let (rich, bare) = (rich_source(), bare_source());
+        let mut cut = record(&rich, b"third", T0 + 2, Stream::Stdout);
+        cut.flags = flags::TRUNCATED;
+        let recs = [
+            record(&rich, b"first", T0 + 9, Stream::Stderr),
+            record(&bare, b"etcd", T0, Stream::Stdout),
+            cut,
+        ];
+        let before = now_ns();
+        let req = ExportLogsServiceRequest::decode(encode(&f, &recs).as_slice()).unwrap();
+        let after = now_ns();
+        assert_eq!(req.resource_logs.len(), 2);
+        let web = &req.resource_logs[0];
+        let want: BTreeMap<String, String> = [
+            ("k8s.namespace.name", "shop"),
+            ("k8s.pod.name", "web-5d8f-x2x"),
+            ("k8s.pod.uid", "uid-1"),
+            ("k8s.container.name", "nginx"),
+            ("k8s.container.restart_count", "int:2"),
+            ("k8s.node.name", "node-a"),
+            ("k8s.deployment.name", "web"),
+            ("k8s.replicaset.name", "web-5d8f"),
+            ("container.id", "c0ffee"),
+            ("container.image.name", "nginx"),
+            ("container.image.tag", "1.27"),
+            ("service.name", "web"),
+            ("service.namespace", "shop"),
+            ("k8s.pod.label.app.kubernetes.io/name", "web"),
+            ("k8s.pod.label.team", "Payments"),
+            ("k8s.pod.annotation.owner", "alice"),
+            ("k8s.namespace.label.env", "prod"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(attrs(&web.resource.as_ref().unwrap().attributes), want);
+        assert_eq!(web.scope_logs.len(), 1);
+        assert!(web.scope_logs[0].scope.is_none());
+        let logs = &web.scope_logs[0].log_records;
+        let bodies: Vec<String> = logs
+            .iter()
+            .map(|l| match l.body.as_ref().unwrap().value.as_ref().unwrap() {
+                proto::any_value::Value::StringValue(s) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(bodies, ["first", "third"], "records keep their order");
+        let first = &logs[0];
+        assert_eq!(first.time_unix_nano, (T0 + 9) as u64);
+        assert!((before..=after).contains(&first.observed_time_unix_nano));
+        assert_eq!(first.severity_number, SeverityNumber::Unspecified as i32);
+        assert_eq!(first.severity_text, "");
+        assert_eq!(
+            attrs(&first.attributes),
+            BTreeMap::from([
+                ("log.file.path".to_string(), rich.path.clone()),
+                ("log.iostream".to_string(), "stderr".to_string()),
+            ])
+        );
+        assert!(
+            logs[1]
+                .attributes
+                .iter()
+                .any(|kv| kv.key == "loglet.truncated")
+        );
+        let etcd = attrs(&req.resource_logs[1].resource.as_ref().unwrap().attributes);
+        assert_eq!(etcd["k8s.node.name"], "self-node");
+        assert_eq!(etcd["service.name"], "etcd-n1");
+        assert!(!etcd.contains_key("container.id"));
+    }
+
+    #[test]
+    fn json_export_uses_lower_camel_case_and_string_int64s() {
+        let f = format("{encoding: json}");
+        let rich = rich_source();
+        let recs = [record(&rich, b"hello \"x\"", T0 + 1, Stream::Stdout)];
+        let v: serde_json::Value = serde_json::from_slice(&encode(&f, &recs)).unwrap();
+        let rl = &v["resourceLogs"][0];
+        let resource = rl["resource"]["attributes"].as_array().unwrap();
+        assert!(resource.contains(
+            &serde_json::json!({"key":"k8s.container.restart_count","value":{"intValue":"2"}})
+        ));
+        assert!(resource.contains(
+            &serde_json::json!({"key":"k8s.pod.name","value":{"stringValue":"web-5d8f-x2x"}})
+        ));
+        let log = &rl["scopeLogs"][0]["logRecords"][0];
+        assert_eq!(log["timeUnixNano"], (T0 + 1).to_string());
+        assert!(
+            log["observedTimeUnixNano"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .is_ok()
+        );
+        assert_eq!(
+            log["body"],
+            serde_json::json!({"stringValue":"hello \"x\""})
+        );
+        assert_eq!(
+            log["attributes"],
+            serde_json::json!([
+                {"key":"log.iostream","value":{"stringValue":"stdout"}},
+                {"key":"log.file.path","value":{"stringValue":rich.path}},
+            ])
+        );
+        assert!(log.get("severityNumber").is_none());
+    }
+
+    #[test]
+    fn invalid_utf8_bodies_are_replaced() {
+        let f = format("{}");
+        let recs = [record(&rich_source(), b"\xc3\x28 x", T0, Stream::Stdout)];
+        let req = ExportLogsServiceRequest::decode(encode(&f, &recs).as_slice()).unwrap();
+        let body = &req.resource_logs[0].scope_logs[0].log_records[0].body;
+        assert_eq!(
+            body.as_ref().unwrap().value,
+            Some(proto::any_value::Value::StringValue("\u{fffd}( x".into()))
+        );
+    }
+
+    #[test]
+    fn service_name_follows_annotations_labels_then_workload() {
+        let rich = rich_source();
+        let settings = |labels| Settings {
+            encoding: OtlpEncoding::Protobuf,
+            service_name_from_labels: labels,
+            node: None,
+        };
+        let service = |s: &Source, set: &Settings| -> String {
+            resource_attributes(s, set)
+                .into_iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| match v {
+                    Value::Str(s) => s.to_string(),
+                    Value::Int(i) => i.to_string(),
+                })
+                .unwrap()
+        };
+        assert_eq!(service(&rich, &settings(false)), "web");
+        let mut meta = rich.pod_meta.as_deref().cloned().unwrap();
+        meta.labels
+            .push(("app.kubernetes.io/instance".into(), "web-eu".into()));
+        meta.workload = None;
+        meta.owner = None;
+        let with = |meta: crate::record::PodMeta| Source {
+            id: Source::next_id(),
+            path: rich.path.clone(),
+            namespace: rich.namespace.clone(),
+            pod: rich.pod.clone(),
+            pod_uid: rich.pod_uid.clone(),
+            container: rich.container.clone(),
+            container_id: None,
+            restart_count: None,
+            pod_meta: Some(Arc::new(meta)),
+        };
+        assert_eq!(service(&with(meta.clone()), &settings(true)), "web-eu");
+        assert_eq!(
+            service(&with(meta.clone()), &settings(false)),
+            "web-5d8f-x2x"
+        );
+        meta.annotations.push((
+            "resource.opentelemetry.io/service.name".into(),
+            "checkout".into(),
+        ));
+        assert_eq!(service(&with(meta), &settings(true)), "checkout");
+    }
+
+    #[test]
+    fn images_split_into_name_and_tag() {
+        let cases = [
+            ("nginx:1.27", ("nginx", Some("1.27"))),
+            ("nginx", ("nginx", None)),
+            (
+                "registry:5000/team/app:v2",
+                ("registry:5000/team/app", Some("v2")),
+            ),
+            ("registry:5000/team/app", ("registry:5000/team/app", None)),
+            ("app@sha256:abcd", ("app", None)),
+        ];
+        for (image, want) in cases {
+            assert_eq!(split_image(image), want, "{image}");
+        }
+    }
+
+    #[test]
+    fn answers_map_to_outcomes_as_the_otlp_spec_says() {
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let warning = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 0,
+                error_message: "slow down".into(),
+            }),
+        }
+        .encode_to_vec();
+        let status = proto::Status {
+            code: 3,
+            message: "bad attribute".into(),
+            details: vec![],
+        }
+        .encode_to_vec();
+        let mut retry_after = HeaderMap::new();
+        retry_after.insert("retry-after", HeaderValue::from_static("30"));
+        let none = HeaderMap::new();
+        let partial_out = Outcome::Partial {
+            retry: vec![],
+            rejected: 3,
+            reason: "otlp partial success, 3 rejected: too old".into(),
+        };
+        let cases: Vec<(u16, &HeaderMap, &[u8], bool, Outcome)> = vec![
+            (200, &none, b"", false, Outcome::Delivered),
+            (200, &none, &partial, false, partial_out.clone()),
+            (200, &none, &warning, false, Outcome::Delivered),
+            (
+                200,
+                &none,
+                br#"{"partialSuccess":{"rejectedLogRecords":"3","errorMessage":"too old"}}"#,
+                true,
+                partial_out,
+            ),
+            (200, &none, b"{}", true, Outcome::Delivered),
+            (
+                429,
+                &retry_after,
+                b"",
+                false,
+                Outcome::Retry {
+                    after: Some(Duration::from_secs(30)),
+                    reason: "otlp answered 429 Too Many Requests: ".into(),
+                },
+            ),
+            (
+                502,
+                &none,
+                b"",
+                false,
+                Outcome::Retry {
+                    after: None,
+                    reason: "otlp answered 502 Bad Gateway: ".into(),
+                },
+            ),
+            (
+                500,
+                &none,
+                b"",
+                false,
+                Outcome::Rejected {
+                    reason: "otlp answered 500 Internal Server Error: ".into(),
+                },
+            ),
+            (
+                400,
+                &none,
+                &status,
+                false,
+                Outcome::Rejected {
+                    reason: "otlp answered 400 Bad Request: bad attribute".into(),
+                },
+            ),
+            (
+                400,
+                &none,
+                br#"{"code":3,"message":"bad json"}"#,
+                true,
+                Outcome::Rejected {
+                    reason: "otlp answered 400 Bad Request: bad json".into(),
+                },
+            ),
+        ];
+        for (code, headers, body, json, want) in cases {
+            let got = outcome(StatusCode::from_u16(code).unwrap(), headers, body, json);
+            assert_eq!(got, want, "{code} json={json}");
+        }
+    }
+
+    #[test]
+    fn the_response_content_type_decides_how_it_is_read() {
+        let f = format("{}");
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let got = f.outcome(
+            StatusCode::OK,
+            &h,
+            br#"{"partialSuccess":{"rejectedLogRecords":2}}"#,
+            5,
+        );
+        assert!(
+            matches!(got, Outcome::Partial { rejected: 2, .. }),
+            "{got:?}"
+        );
+        assert_eq!(f.path(), Some(LOGS_PATH));
+        assert_eq!(f.default_compression(), Compression::Gzip);
+        assert_eq!(f.content_type(), "application/x-protobuf");
+        let cfg = sink_config("    type: otlp\n    url: http://otel:4318/v1/logs\n");
+        assert_eq!(OtlpFormat::new("out", &cfg, None).unwrap().path(), None);
+    }
+}

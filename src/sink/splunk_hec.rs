@@ -274,11 +274,12 @@ struct HecEncoder {
     stream_members: [Vec<u8>; 2],
 }
 
-/// Appends Unix nanoseconds as epoch seconds with milliseconds: `1426279439.500`.
+/// Appends Unix nanoseconds as epoch seconds with milliseconds: `1426279439.500` (times before
+/// 1970 are bogus and sent as 0).
 fn write_epoch_millis(out: &mut Vec<u8>, ns: i64) {
-    let ms = ns.div_euclid(1_000_000);
-    out.extend_from_slice(itoa::Buffer::new().format(ms.div_euclid(1000)).as_bytes());
-    let frac = ms.rem_euclid(1000) as u32;
+    let ms = ns.max(0) / 1_000_000;
+    out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
+    let frac = (ms % 1000) as u32;
     out.extend_from_slice(&[
         b'.',
         b'0' + (frac / 100) as u8,
@@ -315,5 +316,253 @@ impl Encoder for HecEncoder {
             }
             out.push(b'}');
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::flags;
+    use crate::sink::encode::tests::{bare_source, record, rich_source, sink_config};
+
+    /// 2015-03-13T20:37:19.5Z
+    const T: i64 = 1_426_279_439_500_999_999;
+
+    fn format(options: &str) -> SplunkHecFormat {
+        let cfg = sink_config(&format!(
+            "    type: splunk_hec\n    url: https://splunk:8088\n    splunk_hec: {options}\n"
+        ));
+        SplunkHecFormat::new("out", &cfg, Some("self-node")).unwrap()
+    }
+
+    fn encode(f: &SplunkHecFormat, records: &[Record]) -> Vec<u8> {
+        let refs: Vec<&Record> = records.iter().collect();
+        let mut out = Vec::new();
+        f.encoder().encode(&refs, &mut out);
+        out
+    }
+
+    fn events(body: &[u8]) -> Vec<serde_json::Value> {
+        serde_json::Deserializer::from_slice(body)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn events_are_concatenated_json_with_metadata_and_indexed_fields() {
+        let f = format("{token: t0k3n, index: 'k8s-{namespace}'}");
+        let (rich, bare) = (rich_source(), bare_source());
+        let mut cut = record(&rich, b"cut", T, Stream::Stderr);
+        cut.flags = flags::TRUNCATED;
+        let body = encode(
+            &f,
+            &[
+                record(&rich, b"GET / \"200\"", T, Stream::Stdout),
+                record(&bare, b"etcd", 0, Stream::Stderr),
+                cut,
+            ],
+        );
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(
+            text.starts_with("{\"time\":1426279439.500,\"event\":"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("}\n{") && text.contains("}{"),
+            "no separators: {text}"
+        );
+        let e = events(&body);
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            e[0],
+            serde_json::json!({
+                "time": 1426279439.5,
+                "event": "GET / \"200\"",
+                "host": "node-a",
+                "source": rich.path,
+                "sourcetype": "kube:container:nginx",
+                "index": "k8s-shop",
+                "fields": {
+                    "namespace": "shop",
+                    "pod": "web-5d8f-x2x",
+                    "pod_uid": "uid-1",
+                    "container": "nginx",
+                    "container_id": "c0ffee",
+                    "node": "node-a",
+                    "stream": "stdout"
+                }
+            })
+        );
+        assert_eq!(e[1]["time"], 0.0);
+        assert_eq!(e[1]["host"], "self-node");
+        assert_eq!(e[1]["index"], "k8s-kube-system");
+        assert!(e[1]["fields"].get("container_id").is_none());
+        assert_eq!(e[1]["fields"]["stream"], "stderr");
+        assert_eq!(e[2]["fields"]["stream"], "stderr");
+    }
+
+    #[test]
+    fn blank_lines_are_not_sent() {
+        let f = format("{token: t}");
+        let src = rich_source();
+        let body = encode(
+            &f,
+            &[
+                record(&src, b"", T, Stream::Stdout),
+                record(&src, b" \t\r", T, Stream::Stdout),
+                record(&src, b" x ", T, Stream::Stdout),
+            ],
+        );
+        let e = events(&body);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0]["event"], " x ");
+    }
+
+    #[test]
+    fn configured_fields_source_and_sourcetype_replace_the_defaults() {
+        let f = format(
+            "{token: t, fields: ['ns=namespace', 'cluster=static:eu-1'], source: 'k8s:{namespace}/{pod}', sourcetype: _json, host: 'static-host'}",
+        );
+        let e = events(&encode(
+            &f,
+            &[record(&rich_source(), b"x", T, Stream::Stdout)],
+        ));
+        assert_eq!(e[0]["source"], "k8s:shop/web-5d8f-x2x");
+        assert_eq!(e[0]["sourcetype"], "_json");
+        assert_eq!(e[0]["host"], "static-host");
+        assert!(e[0].get("index").is_none());
+        assert_eq!(
+            e[0]["fields"],
+            serde_json::json!({"ns":"shop","cluster":"eu-1"})
+        );
+        let only_stream = format("{token: t, fields: [stream]}");
+        let e = events(&encode(
+            &only_stream,
+            &[record(&rich_source(), b"x", T, Stream::Stderr)],
+        ));
+        assert_eq!(e[0]["fields"], serde_json::json!({"stream":"stderr"}));
+        let none = format("{token: t, fields: []}");
+        let e = events(&encode(
+            &none,
+            &[record(&rich_source(), b"x", T, Stream::Stderr)],
+        ));
+        assert!(e[0].get("fields").is_none());
+    }
+
+    #[test]
+    fn times_have_milliseconds_as_a_fraction() {
+        let cases = [
+            (T, "1426279439.500"),
+            (0, "0.000"),
+            (1_000_000, "0.001"),
+            (-1, "0.000"),
+            (1_700_000_000_123_456_789, "1700000000.123"),
+        ];
+        for (ns, want) in cases {
+            let mut out = Vec::new();
+            write_epoch_millis(&mut out, ns);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{ns}");
+        }
+    }
+
+    #[test]
+    fn hec_codes_decide_between_retry_and_reject() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        let cases: &[(u16, &str, &str)] = &[
+            (200, r#"{"text":"Success","code":0}"#, "delivered"),
+            (200, "", "delivered"),
+            (200, r#"{"text":"Success","code":0,"ackId":7}"#, "delivered"),
+            (503, r#"{"text":"Server is busy","code":9}"#, "retry"),
+            (
+                503,
+                r#"{"text":"HEC is unhealthy, queues are full","code":18}"#,
+                "retry",
+            ),
+            (500, r#"{"text":"Internal server error","code":8}"#, "retry"),
+            (502, "<html>bad gateway</html>", "retry"),
+            (429, "", "retry"),
+            (403, r#"{"text":"Invalid token","code":4}"#, "reject"),
+            (401, r#"{"text":"Token is required","code":2}"#, "reject"),
+            (
+                400,
+                r#"{"text":"Incorrect index","code":7,"invalid-event-number":0}"#,
+                "reject",
+            ),
+            (
+                400,
+                r#"{"text":"Invalid data format","code":6,"invalid-event-number":3}"#,
+                "reject",
+            ),
+            (
+                400,
+                r#"{"text":"Data channel is missing","code":10}"#,
+                "reject",
+            ),
+            (400, "", "reject"),
+        ];
+        for (status, body, want) in cases {
+            let got = outcome(StatusCode::from_u16(*status).unwrap(), &h, body.as_bytes());
+            let kind = match &got {
+                Outcome::Delivered => "delivered",
+                Outcome::Retry { after, .. } => {
+                    assert_eq!(*after, Some(Duration::from_secs(2)));
+                    "retry"
+                }
+                Outcome::Rejected { .. } => "reject",
+                Outcome::Partial { .. } => "partial",
+            };
+            assert_eq!(kind, *want, "{status} {body}: {got:?}");
+        }
+        let Outcome::Rejected { reason } = outcome(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"text":"Incorrect index","code":7,"invalid-event-number":1}"#,
+        ) else {
+            panic!("rejected")
+        };
+        assert_eq!(
+            reason,
+            "splunk hec answered 400 Bad Request, code 7 (Incorrect index), at event 1: the token may not write to this index"
+        );
+    }
+
+    #[test]
+    fn requests_carry_the_token_and_a_channel() {
+        let f = format("{token: s3cr3t}");
+        let mut h = HeaderMap::new();
+        f.headers(&mut h);
+        assert_eq!(h[AUTHORIZATION], "Splunk s3cr3t");
+        assert!(h[AUTHORIZATION].is_sensitive());
+        let channel = h["x-splunk-request-channel"].to_str().unwrap();
+        let groups: Vec<usize> = channel.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{channel}");
+        assert_eq!(&channel[14..15], "4", "a version 4 UUID");
+        assert_eq!(f.path(), Some("/services/collector/event"));
+        let logscale = format("{token: t, path: /api/v1/ingest/hec}");
+        assert_eq!(logscale.path(), Some("/api/v1/ingest/hec"));
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let f = format(&format!("{{token_file: {}}}", path.display()));
+        let mut h = HeaderMap::new();
+        f.headers(&mut h);
+        assert_eq!(h[AUTHORIZATION], "Splunk from-file");
+        let cfg = sink_config(
+            "    type: splunk_hec\n    url: https://splunk:8088\n    splunk_hec: {token: hidden-token}\n",
+        );
+        assert!(!format!("{cfg:?}").contains("hidden-token"));
+        assert!(
+            !serde_saphyr::to_string(&cfg)
+                .unwrap()
+                .contains("hidden-token")
+        );
     }
 }
