@@ -657,3 +657,62 @@ async fn hec_codes_decide_retry_or_drop() {
     );
     assert_eq!(backend.received().hec.len(), 5);
 }
+
+// ---- docs/sinks.md ----
+
+fn sinks_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sinks.md"))
+        .expect("docs/sinks.md")
+}
+
+#[test]
+fn every_example_in_the_sinks_doc_is_a_valid_config() {
+    let doc = sinks_doc();
+    let mut examples = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed code block");
+        let config = Config::parse_str(&body[..end], Path::new("docs/sinks.md"))
+            .unwrap_or_else(|e| panic!("example {}: {e}", examples + 1));
+        assert!(!config.sinks.is_empty());
+        examples += 1;
+        rest = &body[end..];
+    }
+    assert!(
+        examples >= 4,
+        "one example per sink at least, found {examples}"
+    );
+}
+
+#[test]
+fn every_backend_option_is_documented_with_its_default() {
+    use loglet::config::{ElasticsearchOptions, LokiOptions, OtlpOptions, SplunkHecOptions};
+    let doc = sinks_doc();
+    let options = [
+        ("loki", serde_json::to_value(LokiOptions::default())),
+        (
+            "elasticsearch",
+            serde_json::to_value(ElasticsearchOptions::default()),
+        ),
+        ("otlp", serde_json::to_value(OtlpOptions::default())),
+        (
+            "splunk_hec",
+            serde_json::to_value(SplunkHecOptions::default()),
+        ),
+    ];
+    for (sink, value) in options {
+        let section = doc
+            .split(&format!("\n## {sink}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no section for {sink}"));
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let value = value.expect("options serialize");
+        for key in value.as_object().expect("an object").keys() {
+            assert!(
+                section.contains(&format!("| `{key}` |")),
+                "{sink}.{key} is not in the options table of docs/sinks.md"
+            );
+        }
+    }
+}
