@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Answer, Backend, Kind};
+use backends::{Answer, Backend, Kind, TestPki};
 use bytes::Bytes;
 use loglet::config::{Compression, Config, SinkConfig};
 use loglet::metrics::Metrics;
@@ -120,6 +120,19 @@ async fn send(
     records: &[&Record],
     compression: Compression,
 ) -> Outcome {
+    let client = CLIENT.with(Clone::clone);
+    send_with(&client, base, format, records, compression)
+        .await
+        .expect("the fake backend answers")
+}
+
+async fn send_with(
+    client: &reqwest::Client,
+    base: &str,
+    format: &dyn Format,
+    records: &[&Record],
+    compression: Compression,
+) -> Result<Outcome, reqwest::Error> {
     let mut body = Vec::new();
     format.encoder().encode(records, &mut body);
     let mut headers = HeaderMap::new();
@@ -146,18 +159,11 @@ async fn send(
         }
     };
     let url = format!("{base}{}", format.path().unwrap_or(""));
-    let resp = CLIENT
-        .with(Clone::clone)
-        .post(url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .expect("the fake backend answers");
+    let resp = client.post(url).headers(headers).body(body).send().await?;
     let status = resp.status();
     let h = resp.headers().clone();
-    let b = resp.bytes().await.expect("body");
-    format.outcome(status, &h, &b, records.len())
+    let b = resp.bytes().await?;
+    Ok(format.outcome(status, &h, &b, records.len()))
 }
 
 fn refs(records: &[Record]) -> Vec<&Record> {
@@ -656,6 +662,91 @@ async fn hec_codes_decide_retry_or_drop() {
         Outcome::Delivered
     );
     assert_eq!(backend.received().hec.len(), 5);
+}
+
+// ---- TLS ----
+
+fn tls_client(ca: Option<&str>, identity: Option<&TestPki>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_built_in_root_certs(false);
+    if let Some(ca) = ca {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"));
+    }
+    if let Some(pki) = identity {
+        let pem = format!("{}{}", pki.client_cert_pem, pki.client_key_pem);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("client")
+}
+
+#[tokio::test]
+async fn tls_backends_are_trusted_through_the_test_ca_only() {
+    let pki = TestPki::new();
+    let backend = Backend::start_tls(Kind::Loki, &pki, false).await;
+    assert!(backend.url.starts_with("https://127.0.0.1:"));
+    let m = Metrics::new();
+    let f = loki_format(&backend.url, "{}", &m);
+    let recs = records();
+    let trusted = tls_client(Some(&pki.ca_pem), None);
+    let out = send_with(
+        &trusted,
+        &backend.url,
+        &f,
+        &refs(&recs),
+        Compression::Snappy,
+    )
+    .await;
+    assert_eq!(out.expect("TLS with the test CA"), Outcome::Delivered);
+    let untrusted = tls_client(None, None);
+    let err = send_with(
+        &untrusted,
+        &backend.url,
+        &f,
+        &refs(&recs),
+        Compression::Snappy,
+    )
+    .await
+    .expect_err("an unknown CA");
+    assert!(err.is_connect(), "{err:?}");
+    assert_eq!(backend.received().loki.len(), 5);
+}
+
+#[tokio::test]
+async fn mutual_tls_backends_demand_a_client_certificate() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [ca, cert, key] = pki.write(dir.path());
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    let backend = Backend::start_tls(Kind::SplunkHec, &pki, true).await;
+    let f = hec_format(&backend.url, "{token: test-token}");
+    let recs = records();
+    let without = tls_client(Some(&pki.ca_pem), None);
+    assert!(
+        send_with(&without, &backend.url, &f, &refs(&recs), Compression::None)
+            .await
+            .is_err()
+    );
+    let with = tls_client(Some(&pki.ca_pem), Some(&pki));
+    let out = send_with(&with, &backend.url, &f, &refs(&recs), Compression::None).await;
+    assert_eq!(out.expect("mutual TLS"), Outcome::Delivered);
+    let got = backend.received();
+    assert_eq!(got.hec.len(), 5);
+    assert!(got.tls_failures >= 1);
 }
 
 // ---- docs/sinks.md ----

@@ -5,6 +5,9 @@
 //! and answers like the real one, including the failures a test scripts: 503 for a while, 429
 //! with `Retry-After`, bulk items refused, Loki entries too old, OTLP partial success, HEC codes.
 //!
+//! A backend can serve HTTPS with a certificate from a test CA ([`TestPki`]), and require a
+//! client certificate from it.
+//!
 //! Include with `#[path = "common/backends.rs"] mod backends;`.
 #![allow(dead_code)]
 
@@ -132,6 +135,8 @@ pub struct Received {
     pub otlp: Vec<OtlpRecord>,
     /// Splunk HEC events as sent.
     pub hec: Vec<serde_json::Value>,
+    /// TLS handshakes that failed (an untrusted server certificate, a missing client one).
+    pub tls_failures: usize,
 }
 
 impl Received {
@@ -176,6 +181,21 @@ impl Backend {
     }
 
     pub async fn start_with(kind: Kind, token: Option<String>) -> Backend {
+        Backend::listen(kind, token, None).await
+    }
+
+    /// Starts a backend serving HTTPS with a certificate of `pki`'s CA for `127.0.0.1` and
+    /// `localhost`; with `client_auth`, it also demands a client certificate of that CA.
+    pub async fn start_tls(kind: Kind, pki: &TestPki, client_auth: bool) -> Backend {
+        let token = (kind == Kind::SplunkHec).then(|| "test-token".to_string());
+        Backend::listen(kind, token, Some(pki.acceptor(client_auth))).await
+    }
+
+    async fn listen(
+        kind: Kind,
+        token: Option<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -186,10 +206,11 @@ impl Backend {
             script: Mutex::new(VecDeque::new()),
             received: Mutex::new(Received::default()),
         });
-        let task = tokio::spawn(serve(listener, state.clone()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(serve(listener, state.clone(), tls));
         Backend {
             kind,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             state,
             task,
         }
@@ -219,22 +240,136 @@ impl Backend {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            match tls {
+                None => serve_connection(hyper_util::rt::TokioIo::new(stream), state).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => serve_connection(hyper_util::rt::TokioIo::new(s), state).await,
+                    Err(_) => lock(&state.received).tls_failures += 1,
+                },
+            }
         });
+    }
+}
+
+async fn serve_connection<I>(io: I, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+/// A certificate authority for tests, with a server certificate for `127.0.0.1` and
+/// `localhost` and a client certificate, all made at run time.
+pub struct TestPki {
+    /// The CA certificate, PEM: what a sink's `tls.ca_file` holds.
+    pub ca_pem: String,
+    /// The client certificate and its key, PEM: a sink's `tls.cert_file` and `tls.key_file`.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    server_der: rustls::pki_types::CertificateDer<'static>,
+    server_key_der: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "loglet test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key).expect("ca certificate");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(names).expect("params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+            (cert, key)
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client, client_key) = leaf(vec!["loglet".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        TestPki {
+            ca_pem: ca.pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
+            ca_der: ca.der().clone(),
+            server_der: server.der().clone(),
+            server_key_der: server_key.serialize_der(),
+        }
+    }
+
+    /// Writes `ca.pem`, `client.pem` and `client-key.pem` into `dir`; returns their paths.
+    pub fn write(&self, dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let files = [
+            ("ca.pem", &self.ca_pem),
+            ("client.pem", &self.client_cert_pem),
+            ("client-key.pem", &self.client_key_pem),
+        ];
+        files.map(|(name, pem)| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write PEM file");
+            path
+        })
+    }
+
+    fn acceptor(&self, client_auth: bool) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).expect("CA certificate");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key_der.clone()));
+        let mut config = builder
+            .with_single_cert(vec![self.server_der.clone()], key)
+            .expect("server certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        TestPki::new()
     }
 }
 
