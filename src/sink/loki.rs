@@ -4,9 +4,9 @@
 //!
 //! A stream's labels come from the Pod (never from the line), chosen by `loki.labels`; what is
 //! not a label (pod, pod UID, container ID, stream …) goes to structured metadata. A guard keeps
-//! the number of label sets bounded: beyond `max_label_sets`, a new Pod's streams keep only the
-//! first label and the rest fold into structured metadata. Entries are sorted by time within each
-//! stream. Labels and metadata are encoded once per `Source`; per line the encoder writes the
+//! the number of label sets bounded: beyond `max_label_sets`, a Pod with a new label set keeps
+//! the longest prefix of its labels that is already a stream (at least the first label) and the
+//! rest fold into structured metadata. Entries are sorted by time within each stream. Labels and metadata are encoded once per `Source`; per line the encoder writes the
 //! timestamp, the line and copies bytes.
 
 pub mod proto;
@@ -89,7 +89,8 @@ struct Settings {
     metadata: bool,
     encoding: LokiEncoding,
     node: Option<String>,
-    /// Label sets beyond this many make encoders drop their caches.
+    /// The guard's limit; an encoder holding four times as many label sets (of Pods long gone)
+    /// drops its caches.
     max_label_sets: usize,
 }
 
