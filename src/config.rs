@@ -248,6 +248,18 @@ pub struct SinkConfig {
     /// Extra HTTP headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Options of a `loki` sink.
+    #[serde(default)]
+    pub loki: Option<LokiOptions>,
+    /// Options of an `elasticsearch` sink.
+    #[serde(default)]
+    pub elasticsearch: Option<ElasticsearchOptions>,
+    /// Options of an `otlp` sink.
+    #[serde(default)]
+    pub otlp: Option<OtlpOptions>,
+    /// Options of a `splunk_hec` sink.
+    #[serde(default)]
+    pub splunk_hec: Option<SplunkHecOptions>,
 }
 
 impl SinkConfig {
@@ -261,6 +273,10 @@ impl SinkConfig {
             tls: TlsConfig::default(),
             auth: None,
             headers: BTreeMap::new(),
+            loki: None,
+            elasticsearch: None,
+            otlp: None,
+            splunk_hec: None,
         }
     }
 }
@@ -272,6 +288,14 @@ pub enum SinkType {
     Stdout,
     /// NDJSON POSTed to a URL.
     Http,
+    /// Grafana Loki's push API.
+    Loki,
+    /// Elasticsearch or OpenSearch `_bulk`.
+    Elasticsearch,
+    /// OTLP/HTTP logs.
+    Otlp,
+    /// Splunk HTTP Event Collector (and HEC-compatible backends).
+    SplunkHec,
 }
 
 impl SinkType {
@@ -279,6 +303,10 @@ impl SinkType {
         match self {
             SinkType::Stdout => "stdout",
             SinkType::Http => "http",
+            SinkType::Loki => "loki",
+            SinkType::Elasticsearch => "elasticsearch",
+            SinkType::Otlp => "otlp",
+            SinkType::SplunkHec => "splunk_hec",
         }
     }
 }
@@ -732,6 +760,7 @@ impl SinkConfig {
                 ));
             }
         }
+        backend_problems(self, key, p);
     }
 }
 
@@ -810,5 +839,450 @@ mod tests {
         let printed = serde_saphyr::to_string(&c).unwrap();
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}
+
+// ---- sinks ----
+
+/// A secret from the config file (a token, an API key): printed as `<redacted>` by `Debug` and by
+/// `check-config`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// `loki` sink: Grafana Loki's push API (`/loki/api/v1/push`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LokiOptions {
+    /// Stream labels, each a field (`namespace`, `label:team` …) or `<name>=<field>`. Only
+    /// per-Pod fields with few values: a stream per Pod is what Loki's docs warn against.
+    pub labels: Vec<String>,
+    /// At most this many distinct label sets (streams) per sink and node; beyond, a new Pod's
+    /// streams keep only the first label and the others go to structured metadata.
+    pub max_label_sets: usize,
+    /// `X-Scope-OrgID`, for a multi-tenant Loki.
+    pub tenant: Option<String>,
+    pub encoding: LokiEncoding,
+    /// Send the fields that are not labels (pod, pod_uid, container_id, stream …) as structured
+    /// metadata. Needs Loki 3 (or 2.9 with schema v13 and `allow_structured_metadata`).
+    pub structured_metadata: bool,
+}
+
+/// Low-cardinality fields that identify an application: Loki's own recommendation.
+pub const DEFAULT_LOKI_LABELS: &[&str] = &["namespace", "container", "app", "node"];
+/// A node runs at most a few hundred containers; 1000 sets leave room for label changes while
+/// stopping a runaway label (a build ID, a Pod name) long before Loki's 10000 streams per tenant.
+pub const DEFAULT_LOKI_MAX_LABEL_SETS: usize = 1000;
+
+impl Default for LokiOptions {
+    fn default() -> Self {
+        LokiOptions {
+            labels: DEFAULT_LOKI_LABELS.iter().map(|s| s.to_string()).collect(),
+            max_label_sets: DEFAULT_LOKI_MAX_LABEL_SETS,
+            tenant: None,
+            encoding: LokiEncoding::Protobuf,
+            structured_metadata: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LokiEncoding {
+    /// `logproto.PushRequest`, snappy-compressed: Loki's native and cheapest form.
+    Protobuf,
+    Json,
+}
+
+/// `elasticsearch` sink: the `_bulk` API of Elasticsearch or OpenSearch.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchOptions {
+    /// The index (or data stream) of each record: `{field}`, `{field|fallback}`, `%Y`, `%m`,
+    /// `%d`, `%H` (the record's UTC date). Rendered lower case.
+    pub index: String,
+    pub action: EsAction,
+    /// An ingest pipeline for every document.
+    pub pipeline: Option<String>,
+    /// `Authorization: ApiKey <api_key>` (the `encoded` value Elasticsearch returns).
+    pub api_key: Option<Secret>,
+    /// A file holding the API key (a mounted Secret); read at start.
+    pub api_key_file: Option<PathBuf>,
+    /// Leave `_type` out of the actions (Elasticsearch 7+, OpenSearch); `false` sends
+    /// `"_type":"_doc"` for Elasticsearch 6.
+    pub suppress_type_name: bool,
+    /// Ask for errors and statuses only (`filter_path=errors,items.*.error,items.*.status`).
+    pub filter_path: bool,
+    /// Replace `.` by `_` in label and annotation keys: `app` and `app.kubernetes.io/name` would
+    /// otherwise map to conflicting object and text fields.
+    pub replace_dots: bool,
+}
+
+/// A daily index per namespace: the common layout, easy to expire with ILM or ISM.
+pub const DEFAULT_ES_INDEX: &str = "logs-{namespace}-%Y.%m.%d";
+
+impl Default for ElasticsearchOptions {
+    fn default() -> Self {
+        ElasticsearchOptions {
+            index: DEFAULT_ES_INDEX.to_string(),
+            action: EsAction::Create,
+            pipeline: None,
+            api_key: None,
+            api_key_file: None,
+            suppress_type_name: true,
+            filter_path: true,
+            replace_dots: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EsAction {
+    /// Works for indices and data streams (which accept nothing else).
+    Create,
+    Index,
+}
+
+/// `otlp` sink: OTLP/HTTP logs (`/v1/logs`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpOptions {
+    pub encoding: OtlpEncoding,
+    /// Take `service.name` from the well-known labels `app.kubernetes.io/instance` and
+    /// `app.kubernetes.io/name` before the workload name (opt-in, as the semantic conventions ask).
+    pub service_name_from_labels: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpEncoding {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+/// `splunk_hec` sink: Splunk's HTTP Event Collector (`/services/collector/event`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplunkHecOptions {
+    /// The HEC token (`Authorization: Splunk <token>`).
+    pub token: Option<Secret>,
+    /// A file holding the token (a mounted Secret); read at start.
+    pub token_file: Option<PathBuf>,
+    /// The index, a template like the Elasticsearch index without dates; none: the token's default.
+    pub index: Option<String>,
+    pub source: String,
+    pub sourcetype: String,
+    pub host: String,
+    /// Indexed fields, as Loki labels are given: `<field>` or `<name>=<field>`.
+    pub fields: Vec<String>,
+    /// The endpoint path appended to `url` (`/api/v1/ingest/hec` for Falcon LogScale).
+    pub path: String,
+}
+
+/// What Splunk's own Kubernetes collectors send, so existing searches and apps keep working.
+pub const DEFAULT_HEC_SOURCETYPE: &str = "kube:container:{container}";
+pub const DEFAULT_HEC_SOURCE: &str = "{file}";
+pub const DEFAULT_HEC_HOST: &str = "{node}";
+pub const DEFAULT_HEC_FIELDS: &[&str] = &[
+    "namespace",
+    "pod",
+    "pod_uid",
+    "container",
+    "container_id",
+    "node",
+    "stream",
+];
+pub const DEFAULT_HEC_PATH: &str = "/services/collector/event";
+
+impl Default for SplunkHecOptions {
+    fn default() -> Self {
+        SplunkHecOptions {
+            token: None,
+            token_file: None,
+            index: None,
+            source: DEFAULT_HEC_SOURCE.to_string(),
+            sourcetype: DEFAULT_HEC_SOURCETYPE.to_string(),
+            host: DEFAULT_HEC_HOST.to_string(),
+            fields: DEFAULT_HEC_FIELDS.iter().map(|s| s.to_string()).collect(),
+            path: DEFAULT_HEC_PATH.to_string(),
+        }
+    }
+}
+
+/// The problems of the backend-specific options of one sink.
+fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
+    use crate::sink::encode::{Field, NamedField, Template};
+    let kind = sink.kind;
+    for (block, given, owner) in [
+        ("loki", sink.loki.is_some(), SinkType::Loki),
+        (
+            "elasticsearch",
+            sink.elasticsearch.is_some(),
+            SinkType::Elasticsearch,
+        ),
+        ("otlp", sink.otlp.is_some(), SinkType::Otlp),
+        ("splunk_hec", sink.splunk_hec.is_some(), SinkType::SplunkHec),
+    ] {
+        if given && kind != owner {
+            p.push(format!(
+                "{key}.{block}: options for a {block} sink, but this sink's type is {}",
+                kind.as_str()
+            ));
+        }
+    }
+    let compression_ok: &[Compression] = match kind {
+        // Loki always snappy-decodes protobuf; `none` means the format's default.
+        SinkType::Loki
+            if sink
+                .loki
+                .as_ref()
+                .is_none_or(|l| l.encoding == LokiEncoding::Protobuf) =>
+        {
+            &[Compression::None, Compression::Snappy]
+        }
+        SinkType::Loki | SinkType::Elasticsearch | SinkType::SplunkHec => {
+            &[Compression::None, Compression::Gzip]
+        }
+        SinkType::Otlp | SinkType::Http => {
+            &[Compression::None, Compression::Gzip, Compression::Zstd]
+        }
+        SinkType::Stdout => &[Compression::None],
+    };
+    if !compression_ok.contains(&sink.compression) {
+        let names: Vec<&str> = compression_ok
+            .iter()
+            .map(|c| match c {
+                Compression::None => "none",
+                Compression::Gzip => "gzip",
+                Compression::Zstd => "zstd",
+                Compression::Snappy => "snappy",
+            })
+            .collect();
+        p.push(format!(
+            "{key}.compression: {} sinks support {}",
+            kind.as_str(),
+            names.join(", ")
+        ));
+    }
+    let named_fields = |list: &[String], what: &str, p: &mut Vec<String>| -> Vec<NamedField> {
+        let mut out: Vec<NamedField> = Vec::new();
+        for (i, spec) in list.iter().enumerate() {
+            match NamedField::parse(spec) {
+                Ok(nf) if out.iter().any(|o| o.name == nf.name) => {
+                    p.push(format!("{key}.{what}[{i}]: `{}` is given twice", nf.name))
+                }
+                Ok(nf) => out.push(nf),
+                Err(e) => p.push(format!("{key}.{what}[{i}]: {e}")),
+            }
+        }
+        out
+    };
+    let template = |t: &str, what: &str, dates: bool, p: &mut Vec<String>| match Template::parse(t)
+    {
+        Ok(tpl) if !dates && tpl.has_date() => {
+            p.push(format!("{key}.{what}: dates (%Y …) are not supported here"))
+        }
+        Ok(_) => {}
+        Err(e) => p.push(format!("{key}.{what}: {e}")),
+    };
+    match kind {
+        SinkType::Loki => {
+            let o = sink.loki.clone().unwrap_or_default();
+            let labels = named_fields(&o.labels, "loki.labels", p);
+            if o.labels.is_empty() {
+                p.push(format!("{key}.loki.labels: at least one label is needed"));
+            }
+            for (i, nf) in labels.iter().enumerate() {
+                let explicit = o.labels[i].contains('=');
+                if explicit && !crate::sink::loki::valid_label_name(&nf.name) {
+                    p.push(format!(
+                        "{key}.loki.labels[{i}]: `{}` is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)",
+                        nf.name
+                    ));
+                }
+                if nf.field == Field::File {
+                    p.push(format!(
+                        "{key}.loki.labels[{i}]: `file` makes a stream per file; keep it out of labels"
+                    ));
+                }
+            }
+            if o.max_label_sets == 0 {
+                p.push(format!("{key}.loki.max_label_sets: must be at least 1"));
+            }
+            if let Some(t) = &o.tenant {
+                if t.is_empty() || reqwest::header::HeaderValue::from_str(t).is_err() {
+                    p.push(format!(
+                        "{key}.loki.tenant: `{t}` is not a valid header value"
+                    ));
+                }
+            }
+        }
+        SinkType::Elasticsearch => {
+            let o = sink.elasticsearch.clone().unwrap_or_default();
+            template(&o.index, "elasticsearch.index", true, p);
+            if o.index.is_empty() {
+                p.push(format!("{key}.elasticsearch.index: must not be empty"));
+            }
+            if o.api_key.is_some() && o.api_key_file.is_some() {
+                p.push(format!(
+                    "{key}.elasticsearch: api_key and api_key_file exclude each other"
+                ));
+            }
+            if (o.api_key.is_some() || o.api_key_file.is_some()) && sink.auth.is_some() {
+                p.push(format!(
+                    "{key}.elasticsearch.api_key: the sink also has `auth`; use one"
+                ));
+            }
+            if o.pipeline.as_deref() == Some("") {
+                p.push(format!("{key}.elasticsearch.pipeline: must not be empty"));
+            }
+        }
+        SinkType::Otlp => {}
+        SinkType::SplunkHec => {
+            let o = sink.splunk_hec.clone().unwrap_or_default();
+            if o.token.is_some() == o.token_file.is_some() {
+                p.push(format!(
+                    "{key}.splunk_hec: exactly one of token and token_file is needed"
+                ));
+            }
+            if sink.auth.is_some() {
+                p.push(format!(
+                    "{key}.auth: a splunk_hec sink authenticates with splunk_hec.token"
+                ));
+            }
+            if let Some(index) = &o.index {
+                template(index, "splunk_hec.index", false, p);
+            }
+            template(&o.source, "splunk_hec.source", false, p);
+            template(&o.sourcetype, "splunk_hec.sourcetype", false, p);
+            template(&o.host, "splunk_hec.host", false, p);
+            named_fields(&o.fields, "splunk_hec.fields", p);
+            if !o.path.starts_with('/') {
+                p.push(format!("{key}.splunk_hec.path: must start with /"));
+            }
+        }
+        SinkType::Stdout | SinkType::Http => {}
+    }
+}
+
+#[cfg(test)]
+mod sink_option_tests {
+    use super::*;
+
+    fn problems(sink_body: &str) -> String {
+        let text = format!("sinks:\n  out:\n{sink_body}");
+        match Config::parse_str(&text, Path::new("test.yaml")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn backend_blocks_parse_with_their_defaults() {
+        let text = "sinks:\n  l:\n    type: loki\n    url: http://loki:3100\n  e:\n    type: elasticsearch\n    url: http://es:9200\n  o:\n    type: otlp\n    url: http://otel:4318\n  s:\n    type: splunk_hec\n    url: https://splunk:8088\n    splunk_hec: {token: t}\n";
+        let c = Config::parse_str(text, Path::new("t.yaml")).unwrap();
+        assert_eq!(c.sinks["l"].kind, SinkType::Loki);
+        assert_eq!(c.sinks["e"].kind, SinkType::Elasticsearch);
+        assert_eq!(c.sinks["o"].kind, SinkType::Otlp);
+        assert_eq!(c.sinks["s"].kind, SinkType::SplunkHec);
+        assert_eq!(LokiOptions::default().labels, DEFAULT_LOKI_LABELS);
+        assert_eq!(ElasticsearchOptions::default().index, DEFAULT_ES_INDEX);
+        assert_eq!(
+            c.sinks["s"].splunk_hec.as_ref().unwrap().sourcetype,
+            DEFAULT_HEC_SOURCETYPE
+        );
+    }
+
+    #[test]
+    fn backend_option_problems_name_their_key() {
+        let cases = [
+            (
+                "    type: http\n    url: http://x/\n    loki: {}\n",
+                "sinks.out.loki: options for a loki sink, but this sink's type is http",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n",
+                "sinks.out.splunk_hec: exactly one of token and token_file is needed",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: ['1bad=namespace']}\n",
+                "sinks.out.loki.labels[0]: `1bad` is not a label name",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: [namespace, 'namespace=pod']}\n",
+                "sinks.out.loki.labels[1]: `namespace` is given twice",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: [podname]}\n",
+                "sinks.out.loki.labels[0]: `podname` is not a field",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {labels: []}\n",
+                "sinks.out.loki.labels: at least one label is needed",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    compression: gzip\n",
+                "sinks.out.compression: loki sinks support none, snappy",
+            ),
+            (
+                "    type: elasticsearch\n    url: http://x/\n    elasticsearch: {index: 'logs-%Q'}\n",
+                "sinks.out.elasticsearch.index: `%Q` is not supported",
+            ),
+            (
+                "    type: elasticsearch\n    url: http://x/\n    compression: zstd\n",
+                "sinks.out.compression: elasticsearch sinks support none, gzip",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n    splunk_hec: {token: t, index: 'k-%Y'}\n",
+                "sinks.out.splunk_hec.index: dates (%Y …) are not supported here",
+            ),
+            (
+                "    type: splunk_hec\n    url: http://x/\n    auth: {bearer: {token: x}}\n    splunk_hec: {token: t}\n",
+                "sinks.out.auth: a splunk_hec sink authenticates with splunk_hec.token",
+            ),
+            (
+                "    type: loki\n    url: http://x/\n    loki: {max_label_sets: 0}\n",
+                "sinks.out.loki.max_label_sets: must be at least 1",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = problems(body);
+            assert!(got.contains(want), "want `{want}` in:\n{got}");
+        }
+        assert_eq!(
+            problems(
+                "    type: loki\n    url: http://x/\n    loki: {encoding: json}\n    compression: gzip\n"
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn backend_secrets_are_redacted_when_printed() {
+        let c = Config::parse_str(
+            "sinks:\n  s:\n    type: splunk_hec\n    url: http://x/\n    splunk_hec: {token: hec-s3cret}\n  e:\n    type: elasticsearch\n    url: http://x/\n    elasticsearch: {api_key: es-s3cret}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let printed = serde_saphyr::to_string(&c).unwrap();
+        let debug = format!("{c:?}");
+        for secret in ["hec-s3cret", "es-s3cret"] {
+            assert!(!printed.contains(secret), "{printed}");
+            assert!(!debug.contains(secret), "{debug}");
+        }
     }
 }

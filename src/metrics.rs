@@ -79,6 +79,12 @@ pub struct Metrics {
     started: std::time::Instant,
     /// Readiness conditions beyond start-up, each with a reason when false.
     pub readiness: Readiness,
+
+    // sink backends
+    /// Distinct Loki label sets (streams) each Loki sink has sent recently.
+    pub loki_label_sets: IntGaugeVec,
+    /// Sources whose Loki labels were cut to the first one to stay within `max_label_sets`.
+    pub loki_labels_folded: IntCounterVec,
 }
 
 /// Named readiness conditions; `/readyz` is ready when none is failing.
@@ -287,6 +293,19 @@ impl Metrics {
                 &r,
                 "loglet_start_time_seconds",
                 "Start time of the process, Unix seconds",
+            ),
+            // sink backends
+            loki_label_sets: gauge_vec(
+                &r,
+                "loglet_loki_label_sets",
+                "Distinct stream label sets a Loki sink sent in the last hour",
+                &["sink"],
+            ),
+            loki_labels_folded: counter_vec(
+                &r,
+                "loglet_loki_labels_folded_total",
+                "Sources whose extra Loki labels went to structured metadata because max_label_sets was reached",
+                &["sink"],
             ),
             registry: r,
             ready: AtomicBool::new(false),

@@ -37,6 +37,10 @@ async fn run_async(config: Config, runtime: tokio::runtime::Handle) -> anyhow::R
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
     let self_pod_uid = std::env::var("POD_UID").ok();
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok());
     let store = PodStore::disabled();
     let metadata_wait = Duration::ZERO;
 
@@ -47,8 +51,14 @@ async fn run_async(config: Config, runtime: tokio::runtime::Handle) -> anyhow::R
 
     let mut sinks = Vec::new();
     for (name, cfg) in &config.sinks {
-        let s = sink::start(name, cfg, config.pipeline.queue_batches, metrics.clone())
-            .with_context(|| format!("failed to start sink {name}"))?;
+        let s = sink::start(
+            name,
+            cfg,
+            node_name.as_deref(),
+            config.pipeline.queue_batches,
+            metrics.clone(),
+        )
+        .with_context(|| format!("failed to start sink {name}"))?;
         sinks.push(s);
     }
 

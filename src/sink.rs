@@ -8,8 +8,13 @@
 //! batch is acknowledged, and its files' checkpoints move, only once the backend accepted its
 //! records or rejected them for good (counted in `loglet_sink_dropped_records_total`).
 
+pub mod elasticsearch;
+pub mod encode;
 pub mod format;
 pub mod json;
+pub mod loki;
+pub mod otlp;
+pub mod splunk_hec;
 pub mod transport;
 
 use std::sync::{Arc, Mutex};
@@ -30,11 +35,31 @@ use transport::{Answer, Transport, TransportError};
 /// The longest wait loglet honours from a `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// Why a sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Format(#[from] encode::FormatError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
 /// The wire format of a sink type.
-fn format_for(cfg: &SinkConfig) -> Arc<dyn Format> {
-    match cfg.kind {
+fn format_for(
+    name: &str,
+    cfg: &SinkConfig,
+    node_name: Option<&str>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Format>, encode::FormatError> {
+    Ok(match cfg.kind {
         SinkType::Stdout | SinkType::Http => Arc::new(json::NdjsonFormat),
-    }
+        SinkType::Loki => Arc::new(loki::LokiFormat::new(name, cfg, node_name, metrics)?),
+        SinkType::Elasticsearch => Arc::new(elasticsearch::ElasticsearchFormat::new(
+            name, cfg, node_name,
+        )?),
+        SinkType::Otlp => Arc::new(otlp::OtlpFormat::new(name, cfg, node_name)?),
+        SinkType::SplunkHec => Arc::new(splunk_hec::SplunkHecFormat::new(name, cfg, node_name)?),
+    })
 }
 
 /// A running sink: the queue the tailer feeds, and its task.
@@ -48,20 +73,26 @@ pub struct Sink {
 pub fn start(
     name: &str,
     cfg: &SinkConfig,
+    node_name: Option<&str>,
     queue_batches: usize,
     metrics: Arc<Metrics>,
-) -> Result<Sink, TransportError> {
-    let format = format_for(cfg);
+) -> Result<Sink, StartError> {
+    let format = format_for(name, cfg, node_name, &metrics)?;
     let mut headers = HeaderMap::new();
     format.headers(&mut headers);
     let transport = Transport::new(cfg, headers, format.path())?;
+    // `none` leaves the choice to the format (Loki's protobuf is always snappy).
+    let compression = match cfg.compression {
+        Compression::None => format.default_compression(),
+        chosen => chosen,
+    };
     let (tx, rx) = mpsc::channel(queue_batches);
     let shared = Arc::new(Shared {
         name: name.to_string(),
         encoder: Mutex::new(format.encoder()),
         format,
         transport,
-        compression: cfg.compression,
+        compression,
         initial_backoff: cfg.request.retry_initial_backoff.0,
         max_backoff: cfg.request.retry_max_backoff.0,
         metrics,

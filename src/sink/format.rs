@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
+use crate::config::Compression;
 use crate::record::Record;
 
 /// A backend's wire format: how a request body is built and how an answer is read.
@@ -16,10 +17,17 @@ pub trait Format: Send + Sync + 'static {
     /// Headers this format adds to every request (besides auth and configured headers).
     fn headers(&self, _headers: &mut HeaderMap) {}
 
-    /// The path appended to the sink's `url`, if the format has a fixed one
-    /// (`/loki/api/v1/push`, `/_bulk`, `/v1/logs`, `/services/collector/event`).
-    fn path(&self) -> Option<&'static str> {
+    /// The path appended to the sink's `url`, if the format has one
+    /// (`/loki/api/v1/push`, `/_bulk?filter_path=…`, `/v1/logs`, `/services/collector/event`).
+    /// It may carry a query string.
+    fn path(&self) -> Option<&str> {
         None
+    }
+
+    /// The compression used when the sink's config does not choose one. Loki's protobuf body is
+    /// always snappy (block format, `snap::raw`): Loki decodes it whatever `Content-Encoding` says.
+    fn default_compression(&self) -> Compression {
+        Compression::None
     }
 
     /// An encoder for one batching task. Encoders keep caches (per-Pod pre-encoded metadata),

@@ -226,11 +226,12 @@ impl Transport {
         let Some(url) = cfg.url.as_deref() else {
             return Ok(Transport::Stdout);
         };
-        let mut url = Url::parse(url).map_err(|e| TransportError::Client(format!("url: {e}")))?;
-        if let Some(path) = path {
-            let base = url.path().trim_end_matches('/').to_string();
-            url.set_path(&format!("{base}{path}"));
-        }
+        // The format's path may carry a query (`/_bulk?filter_path=…`).
+        let full = match path {
+            Some(path) => format!("{}{path}", url.trim_end_matches('/')),
+            None => url.to_string(),
+        };
+        let url = Url::parse(&full).map_err(|e| TransportError::Client(format!("url: {e}")))?;
         let mut headers = format_headers;
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())

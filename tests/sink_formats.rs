@@ -1,0 +1,809 @@
+//! sink formats against the fake backends: bodies built by each backend's encoder, compressed as
+//! the sink machinery does, POSTed over HTTP to a fake that decodes the real wire format; the
+//! fake's answer is then read by the format. Checks every stored field, and the retry/drop
+//! decisions for the failures the real backends produce.
+
+#[path = "common/backends.rs"]
+mod backends;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::{Answer, Backend, Kind, TestPki};
+use bytes::Bytes;
+use loglet::config::{Compression, Config, SinkConfig};
+use loglet::metrics::Metrics;
+use loglet::record::{ContainerMeta, PodMeta, Record, Source, Stream, flags};
+use loglet::sink::format::{Format, Outcome};
+use loglet::sink::{elasticsearch, loki, otlp, splunk_hec};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
+
+const T0: i64 = 1_714_568_400_123_456_789; // 2024-05-01T13:00:00.123456789Z
+
+fn web_source(pod: &str, uid: &str) -> Arc<Source> {
+    let meta = PodMeta {
+        namespace: "shop".into(),
+        name: pod.into(),
+        uid: uid.into(),
+        node_name: Some("node-a".into()),
+        labels: vec![
+            ("app.kubernetes.io/name".into(), "web".into()),
+            ("team".into(), "payments".into()),
+        ],
+        annotations: vec![],
+        namespace_labels: vec![],
+        owner: Some(("ReplicaSet".into(), "web-5d8f".into())),
+        workload: Some(("Deployment".into(), "web".into())),
+        containers: vec![ContainerMeta {
+            name: "nginx".into(),
+            image: Some("nginx:1.27".into()),
+            container_id: Some(format!("id-{uid}")),
+        }],
+    };
+    Arc::new(Source {
+        id: Source::next_id(),
+        path: format!("/var/log/pods/shop_{pod}_{uid}/nginx/0.log"),
+        namespace: "shop".into(),
+        pod: pod.into(),
+        pod_uid: uid.into(),
+        container: "nginx".into(),
+        container_id: None,
+        restart_count: Some(1),
+        pod_meta: Some(Arc::new(meta)),
+    })
+}
+
+fn bare_source() -> Arc<Source> {
+    Arc::new(Source {
+        id: Source::next_id(),
+        path: "/var/log/pods/kube-system_etcd-n1_hash/etcd/0.log".into(),
+        namespace: "kube-system".into(),
+        pod: "etcd-n1".into(),
+        pod_uid: "hash".into(),
+        container: "etcd".into(),
+        container_id: None,
+        restart_count: Some(0),
+        pod_meta: None,
+    })
+}
+
+fn rec(source: &Arc<Source>, line: &str, time_ns: i64, stream: Stream) -> Record {
+    Record {
+        line: Bytes::copy_from_slice(line.as_bytes()),
+        time_ns,
+        stream,
+        flags: 0,
+        source: source.clone(),
+    }
+}
+
+/// Five records: two Pods of one Deployment and a Pod known only by its path, both streams,
+/// times out of order, one line cut.
+fn records() -> Vec<Record> {
+    let (a, b, c) = (
+        web_source("web-1", "uid-1"),
+        web_source("web-2", "uid-2"),
+        bare_source(),
+    );
+    let mut cut = rec(&a, "cut here", T0 + 40, Stream::Stdout);
+    cut.flags = flags::TRUNCATED;
+    vec![
+        rec(&a, "GET /cart \"200\"", T0 + 30, Stream::Stdout),
+        rec(&b, "warn: slow", T0 + 10, Stream::Stderr),
+        rec(&c, "etcd: compacted", T0 + 20, Stream::Stdout),
+        cut,
+        rec(&b, "tab\there é", T0 + 50, Stream::Stdout),
+    ]
+}
+
+fn sink(url: &str, body: &str) -> SinkConfig {
+    let text = format!("sinks:\n  out:\n    url: {url}\n{body}");
+    let mut c = Config::parse_str(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    c.sinks.remove("out").expect("sink out")
+}
+
+thread_local! {
+    /// One client per test (each test runs on its own thread and runtime): building one reads
+    /// the system's CA certificates.
+    static CLIENT: reqwest::Client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+}
+
+/// Sends `records` as the sink machinery would and reads the answer with the format.
+async fn send(
+    base: &str,
+    format: &dyn Format,
+    records: &[&Record],
+    compression: Compression,
+) -> Outcome {
+    let client = CLIENT.with(Clone::clone);
+    send_with(&client, base, format, records, compression)
+        .await
+        .expect("the fake backend answers")
+}
+
+async fn send_with(
+    client: &reqwest::Client,
+    base: &str,
+    format: &dyn Format,
+    records: &[&Record],
+    compression: Compression,
+) -> Result<Outcome, reqwest::Error> {
+    let mut body = Vec::new();
+    format.encoder().encode(records, &mut body);
+    let mut headers = HeaderMap::new();
+    format.headers(&mut headers);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    let body = match compression {
+        Compression::None => body,
+        // Loki reads snappy protobuf whatever the header says; Promtail sends none.
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(&body)
+            .expect("snappy"),
+        Compression::Gzip => {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&body).expect("gzip");
+            gz.finish().expect("gzip")
+        }
+        Compression::Zstd => {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            zstd::encode_all(body.as_slice(), 1).expect("zstd")
+        }
+    };
+    let url = format!("{base}{}", format.path().unwrap_or(""));
+    let resp = client.post(url).headers(headers).body(body).send().await?;
+    let status = resp.status();
+    let h = resp.headers().clone();
+    let b = resp.bytes().await?;
+    Ok(format.outcome(status, &h, &b, records.len()))
+}
+
+fn refs(records: &[Record]) -> Vec<&Record> {
+    records.iter().collect()
+}
+
+// ---- Loki ----
+
+fn loki_format(url: &str, options: &str, metrics: &Metrics) -> loki::LokiFormat {
+    let cfg = sink(url, &format!("    type: loki\n    loki: {options}\n"));
+    loki::LokiFormat::new("out", &cfg, Some("self-node"), metrics).expect("loki format")
+}
+
+#[tokio::test]
+async fn loki_protobuf_pushes_are_stored_per_stream_with_their_tenant() {
+    let backend = Backend::start(Kind::Loki).await;
+    let m = Metrics::new();
+    let f = loki_format(&backend.url, "{tenant: team-a}", &m);
+    let recs = records();
+    let out = send(&backend.url, &f, &refs(&recs), f.default_compression()).await;
+    assert_eq!(out, Outcome::Delivered);
+    let got = backend.received();
+    assert_eq!(got.requests.len(), 1);
+    let req = &got.requests[0];
+    assert_eq!(req.path, "/loki/api/v1/push");
+    assert_eq!(req.tenant.as_deref(), Some("team-a"));
+    assert_eq!(req.content_type.as_deref(), Some("application/x-protobuf"));
+    assert_eq!(req.status, 204);
+    assert_eq!(got.loki.len(), 5);
+    let web: Vec<_> = got
+        .loki
+        .iter()
+        .filter(|e| e.labels.contains_key("app"))
+        .collect();
+    let lines: Vec<&str> = web.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["warn: slow", "GET /cart \"200\"", "cut here", "tab\there é"],
+        "one stream for both replicas, sorted by time"
+    );
+    let labels: Vec<(&str, &str)> = web[0]
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("app", "web"),
+            ("container", "nginx"),
+            ("namespace", "shop"),
+            ("node", "node-a")
+        ]
+    );
+    assert_eq!(web[0].time_ns, T0 + 10);
+    assert_eq!(web[0].tenant.as_deref(), Some("team-a"));
+    let md = |e: &backends::LokiEntry| -> Vec<String> {
+        e.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    };
+    assert_eq!(
+        md(web[0]),
+        [
+            "container_id=id-uid-2",
+            "pod=web-2",
+            "pod_uid=uid-2",
+            "stream=stderr"
+        ]
+    );
+    assert_eq!(
+        md(web[2]),
+        [
+            "container_id=id-uid-1",
+            "pod=web-1",
+            "pod_uid=uid-1",
+            "stream=stdout",
+            "truncated=true"
+        ]
+    );
+    let etcd = got
+        .loki
+        .iter()
+        .find(|e| e.line == "etcd: compacted")
+        .unwrap();
+    assert_eq!(etcd.labels["node"], "self-node");
+    assert_eq!(etcd.labels["namespace"], "kube-system");
+    assert!(!etcd.labels.contains_key("app"));
+}
+
+#[tokio::test]
+async fn loki_json_pushes_with_gzip_store_the_same_entries() {
+    let backend = Backend::start(Kind::Loki).await;
+    let m = Metrics::new();
+    let proto = loki_format(&backend.url, "{}", &m);
+    let json = loki_format(&backend.url, "{encoding: json}", &m);
+    let recs = records();
+    assert_eq!(
+        send(&backend.url, &proto, &refs(&recs), Compression::Snappy).await,
+        Outcome::Delivered
+    );
+    assert_eq!(
+        send(&backend.url, &json, &refs(&recs), Compression::Gzip).await,
+        Outcome::Delivered
+    );
+    let got = backend.received();
+    assert_eq!(got.requests[1].content_encoding.as_deref(), Some("gzip"));
+    assert_eq!(got.loki.len(), 10);
+    assert_eq!(
+        got.loki[..5],
+        got.loki[5..],
+        "JSON and protobuf carry the same entries"
+    );
+}
+
+#[tokio::test]
+async fn loki_rate_limits_are_retried_after_the_time_loki_asks() {
+    let backend = Backend::start(Kind::Loki).await;
+    backend.script([Answer::too_many(Some(3)), Answer::unavailable()]);
+    let m = Metrics::new();
+    let f = loki_format(&backend.url, "{}", &m);
+    let recs = records();
+    let r = refs(&recs);
+    let first = send(&backend.url, &f, &r, Compression::Snappy).await;
+    assert!(
+        matches!(first, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)),
+        "{first:?}"
+    );
+    assert!(matches!(
+        send(&backend.url, &f, &r, Compression::Snappy).await,
+        Outcome::Retry { after: None, .. }
+    ));
+    assert_eq!(
+        send(&backend.url, &f, &r, Compression::Snappy).await,
+        Outcome::Delivered
+    );
+    assert_eq!(
+        backend.received().loki.len(),
+        5,
+        "stored once, nothing lost"
+    );
+}
+
+#[tokio::test]
+async fn loki_refusing_old_entries_drops_only_those() {
+    let backend = Backend::start(Kind::Loki).await;
+    backend.script([Answer::LokiTooOld { ignored: 2 }]);
+    let m = Metrics::new();
+    let f = loki_format(&backend.url, "{}", &m);
+    let recs = records();
+    let out = send(&backend.url, &f, &refs(&recs), Compression::Snappy).await;
+    assert!(
+        matches!(&out, Outcome::Partial { retry, rejected: 2, reason } if retry.is_empty() && reason.contains("too far behind")),
+        "{out:?}"
+    );
+    assert_eq!(backend.received().loki.len(), 3);
+}
+
+// ---- Elasticsearch ----
+
+fn es_format(url: &str, options: &str) -> elasticsearch::ElasticsearchFormat {
+    let cfg = sink(
+        url,
+        &format!("    type: elasticsearch\n    elasticsearch: {options}\n"),
+    );
+    elasticsearch::ElasticsearchFormat::new("out", &cfg, Some("self-node")).expect("es format")
+}
+
+#[tokio::test]
+async fn elasticsearch_bulk_documents_land_in_their_index() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    let f = es_format(&backend.url, "{pipeline: k8s, api_key: aWQ6a2V5}");
+    let recs = records();
+    assert_eq!(
+        send(&backend.url, &f, &refs(&recs), Compression::Zstd).await,
+        Outcome::Delivered
+    );
+    let got = backend.received();
+    let req = &got.requests[0];
+    assert_eq!(req.path, "/_bulk");
+    assert_eq!(
+        req.query.as_deref(),
+        Some("filter_path=errors,items.*.error,items.*.status")
+    );
+    assert_eq!(req.content_type.as_deref(), Some("application/x-ndjson"));
+    assert_eq!(req.authorization.as_deref(), Some("ApiKey aWQ6a2V5"));
+    assert_eq!(got.es.len(), 5);
+    let d = &got.es[0];
+    assert_eq!(
+        (d.action.as_str(), d.index.as_str()),
+        ("create", "logs-shop-2024.05.01")
+    );
+    assert_eq!(d.pipeline.as_deref(), Some("k8s"));
+    assert_eq!(d.doc["@timestamp"], "2024-05-01T13:00:00.123456819Z");
+    assert_eq!(d.doc["message"], "GET /cart \"200\"");
+    assert_eq!(d.doc["stream"], "stdout");
+    assert_eq!(d.doc["file"], "/var/log/pods/shop_web-1_uid-1/nginx/0.log");
+    assert_eq!(
+        d.doc["kubernetes"],
+        serde_json::json!({
+            "namespace": "shop", "pod": "web-1", "pod_uid": "uid-1", "container": "nginx",
+            "container_id": "id-uid-1", "container_image": "nginx:1.27", "restart_count": 1,
+            "node": "node-a", "labels": {"app_kubernetes_io/name": "web", "team": "payments"},
+            "owner": {"kind": "ReplicaSet", "name": "web-5d8f"},
+            "workload": {"kind": "Deployment", "name": "web"}
+        })
+    );
+    assert_eq!(got.es[2].index, "logs-kube-system-2024.05.01");
+    assert_eq!(got.es[3].doc["truncated"], true);
+    assert_eq!(got.es[4].doc["message"], "tab\there é");
+}
+
+#[tokio::test]
+async fn elasticsearch_retries_only_refused_items_and_drops_mapping_errors() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    backend.script([Answer::BulkItems(vec![
+        (1, 429, "es_rejected_execution_exception".into()),
+        (3, 400, "mapper_parsing_exception".into()),
+        (4, 503, "unavailable_shards_exception".into()),
+    ])]);
+    let f = es_format(&backend.url, "{}");
+    let recs = records();
+    let out = send(&backend.url, &f, &refs(&recs), Compression::Gzip).await;
+    let Outcome::Partial {
+        retry,
+        rejected,
+        reason,
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(retry, [1, 4]);
+    assert_eq!(rejected, 1);
+    assert!(reason.contains("mapper_parsing_exception"), "{reason}");
+    let again: Vec<&Record> = retry.iter().map(|&i| &recs[i]).collect();
+    assert_eq!(
+        send(&backend.url, &f, &again, Compression::Gzip).await,
+        Outcome::Delivered
+    );
+    let messages: Vec<String> = backend
+        .received()
+        .es
+        .iter()
+        .map(|d| d.doc["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "GET /cart \"200\"",
+            "etcd: compacted",
+            "warn: slow",
+            "tab\there é"
+        ],
+        "each accepted once; the mapping error is not retried"
+    );
+}
+
+#[tokio::test]
+async fn elasticsearch_down_for_a_while_loses_nothing() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    backend.script([
+        Answer::unavailable(),
+        Answer::unavailable(),
+        Answer::too_many(Some(1)),
+    ]);
+    let f = es_format(&backend.url, "{}");
+    let recs = records();
+    let r = refs(&recs);
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let out = send(&backend.url, &f, &r, Compression::None).await;
+        let done = out == Outcome::Delivered;
+        outcomes.push(out);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    assert!(
+        outcomes[..3]
+            .iter()
+            .all(|o| matches!(o, Outcome::Retry { .. }))
+    );
+    assert_eq!(backend.received().es.len(), 5);
+}
+
+#[tokio::test]
+async fn opensearch_style_type_names_are_refused_as_a_whole() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    let f = es_format(&backend.url, "{suppress_type_name: false}");
+    let recs = records();
+    let out = send(&backend.url, &f, &refs(&recs), Compression::None).await;
+    assert!(
+        matches!(&out, Outcome::Rejected { reason } if reason.contains("unknown parameter [_type]")),
+        "{out:?}"
+    );
+}
+
+// ---- OTLP ----
+
+fn otlp_format(url: &str, options: &str) -> otlp::OtlpFormat {
+    let cfg = sink(url, &format!("    type: otlp\n    otlp: {options}\n"));
+    otlp::OtlpFormat::new("out", &cfg, Some("self-node")).expect("otlp format")
+}
+
+#[tokio::test]
+async fn otlp_exports_carry_k8s_resources_in_both_encodings() {
+    let backend = Backend::start(Kind::Otlp).await;
+    let recs = records();
+    for options in ["{}", "{encoding: json}"] {
+        let f = otlp_format(&backend.url, options);
+        assert_eq!(
+            send(&backend.url, &f, &refs(&recs), f.default_compression()).await,
+            Outcome::Delivered
+        );
+    }
+    let got = backend.received();
+    assert_eq!(got.requests.len(), 2);
+    assert!(
+        got.requests
+            .iter()
+            .all(|r| r.path == "/v1/logs" && r.content_encoding.as_deref() == Some("gzip"))
+    );
+    assert_eq!(got.otlp.len(), 10);
+    let (proto, json) = got.otlp.split_at(5);
+    for (p, j) in proto.iter().zip(json) {
+        assert_eq!(p.resource, j.resource);
+        assert_eq!(
+            (p.time_ns, &p.body, &p.attributes),
+            (j.time_ns, &j.body, &j.attributes)
+        );
+    }
+    let first = &proto[0];
+    assert_eq!(first.body, "GET /cart \"200\"");
+    assert_eq!(first.time_ns, (T0 + 30) as u64);
+    assert!(first.observed_ns > first.time_ns);
+    assert_eq!(
+        first.severity, 0,
+        "no severity, like the filelog container parser"
+    );
+    assert_eq!(first.attributes["log.iostream"], "stdout");
+    assert_eq!(
+        first.attributes["log.file.path"],
+        "/var/log/pods/shop_web-1_uid-1/nginx/0.log"
+    );
+    let r = &first.resource;
+    for (k, v) in [
+        ("k8s.namespace.name", "shop"),
+        ("k8s.pod.name", "web-1"),
+        ("k8s.pod.uid", "uid-1"),
+        ("k8s.container.name", "nginx"),
+        ("k8s.container.restart_count", "1"),
+        ("k8s.node.name", "node-a"),
+        ("k8s.deployment.name", "web"),
+        ("k8s.replicaset.name", "web-5d8f"),
+        ("container.id", "id-uid-1"),
+        ("container.image.name", "nginx"),
+        ("container.image.tag", "1.27"),
+        ("service.name", "web"),
+        ("k8s.pod.label.team", "payments"),
+    ] {
+        assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let cut = proto.iter().find(|p| p.body == "cut here").unwrap();
+    assert_eq!(cut.attributes["loglet.truncated"], "true");
+    let etcd = proto.iter().find(|p| p.body == "etcd: compacted").unwrap();
+    assert_eq!(etcd.resource["k8s.node.name"], "self-node");
+}
+
+#[tokio::test]
+async fn otlp_partial_success_is_final_and_counted() {
+    let backend = Backend::start(Kind::Otlp).await;
+    for options in ["{}", "{encoding: json}"] {
+        backend.script([Answer::OtlpPartial {
+            rejected: 2,
+            message: "timestamp too old".into(),
+        }]);
+        let f = otlp_format(&backend.url, options);
+        let recs = records();
+        let out = send(&backend.url, &f, &refs(&recs), Compression::Gzip).await;
+        assert_eq!(
+            out,
+            Outcome::Partial {
+                retry: vec![],
+                rejected: 2,
+                reason: "otlp partial success, 2 rejected: timestamp too old".into()
+            },
+            "{options}"
+        );
+    }
+    assert_eq!(backend.received().otlp.len(), 6);
+}
+
+#[tokio::test]
+async fn otlp_retries_only_what_the_spec_calls_retryable() {
+    let backend = Backend::start(Kind::Otlp).await;
+    let status = |status: u16| Answer::Status {
+        status,
+        retry_after: Some(2),
+        body: format!("answer {status}"),
+    };
+    backend.script([status(429), status(503), status(500), status(400)]);
+    let f = otlp_format(&backend.url, "{}");
+    let recs = records();
+    let r = refs(&recs);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(send(&backend.url, &f, &r, Compression::Gzip).await);
+    }
+    assert!(
+        matches!(&got[0], Outcome::Retry { after: Some(d), .. } if *d == Duration::from_secs(2))
+    );
+    assert!(matches!(&got[1], Outcome::Retry { .. }));
+    assert_eq!(
+        got[2],
+        Outcome::Rejected {
+            reason: "otlp answered 500 Internal Server Error: answer 500".into()
+        }
+    );
+    assert_eq!(
+        got[3],
+        Outcome::Rejected {
+            reason: "otlp answered 400 Bad Request: answer 400".into()
+        }
+    );
+}
+
+// ---- Splunk HEC ----
+
+fn hec_format(url: &str, options: &str) -> splunk_hec::SplunkHecFormat {
+    let cfg = sink(
+        url,
+        &format!("    type: splunk_hec\n    splunk_hec: {options}\n"),
+    );
+    splunk_hec::SplunkHecFormat::new("out", &cfg, Some("self-node")).expect("hec format")
+}
+
+#[tokio::test]
+async fn hec_events_are_indexed_with_their_fields() {
+    let backend = Backend::start(Kind::SplunkHec).await;
+    let f = hec_format(&backend.url, "{token: test-token, index: k8s}");
+    let mut recs = records();
+    recs.push(rec(&bare_source(), "   ", T0, Stream::Stdout));
+    assert_eq!(
+        send(&backend.url, &f, &refs(&recs), Compression::Gzip).await,
+        Outcome::Delivered
+    );
+    let got = backend.received();
+    let req = &got.requests[0];
+    assert_eq!(req.path, "/services/collector/event");
+    assert_eq!(req.authorization.as_deref(), Some("Splunk test-token"));
+    assert_eq!(req.channel.as_deref().map(str::len), Some(36));
+    assert_eq!(got.hec.len(), 5, "the blank line is not sent");
+    assert_eq!(
+        got.hec[1],
+        serde_json::json!({
+            "time": 1714568400.123,
+            "event": "warn: slow",
+            "host": "node-a",
+            "source": "/var/log/pods/shop_web-2_uid-2/nginx/0.log",
+            "sourcetype": "kube:container:nginx",
+            "index": "k8s",
+            "fields": {"namespace":"shop","pod":"web-2","pod_uid":"uid-2","container":"nginx",
+                       "container_id":"id-uid-2","node":"node-a","stream":"stderr"}
+        })
+    );
+    assert_eq!(got.hec[2]["host"], "self-node");
+}
+
+#[tokio::test]
+async fn hec_codes_decide_retry_or_drop() {
+    let backend = Backend::start(Kind::SplunkHec).await;
+    backend.script([Answer::HecCode(9), Answer::HecCode(18), Answer::HecCode(7)]);
+    let f = hec_format(&backend.url, "{token: test-token}");
+    let recs = records();
+    let r = refs(&recs);
+    assert!(matches!(
+        send(&backend.url, &f, &r, Compression::None).await,
+        Outcome::Retry { .. }
+    ));
+    assert!(matches!(
+        send(&backend.url, &f, &r, Compression::None).await,
+        Outcome::Retry { .. }
+    ));
+    let out = send(&backend.url, &f, &r, Compression::None).await;
+    assert!(
+        matches!(&out, Outcome::Rejected { reason } if reason.contains("code 7 (Incorrect index)")),
+        "{out:?}"
+    );
+    let wrong = hec_format(&backend.url, "{token: wrong}");
+    let out = send(&backend.url, &wrong, &r, Compression::None).await;
+    assert!(
+        matches!(&out, Outcome::Rejected { reason } if reason.contains("403") && reason.contains("code 4")),
+        "{out:?}"
+    );
+    assert_eq!(
+        send(&backend.url, &f, &r, Compression::None).await,
+        Outcome::Delivered
+    );
+    assert_eq!(backend.received().hec.len(), 5);
+}
+
+// ---- TLS ----
+
+fn tls_client(ca: Option<&str>, identity: Option<&TestPki>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_built_in_root_certs(false);
+    if let Some(ca) = ca {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"));
+    }
+    if let Some(pki) = identity {
+        let pem = format!("{}{}", pki.client_cert_pem, pki.client_key_pem);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("client")
+}
+
+#[tokio::test]
+async fn tls_backends_are_trusted_through_the_test_ca_only() {
+    let pki = TestPki::new();
+    let backend = Backend::start_tls(Kind::Loki, &pki, false).await;
+    assert!(backend.url.starts_with("https://127.0.0.1:"));
+    let m = Metrics::new();
+    let f = loki_format(&backend.url, "{}", &m);
+    let recs = records();
+    let trusted = tls_client(Some(&pki.ca_pem), None);
+    let out = send_with(
+        &trusted,
+        &backend.url,
+        &f,
+        &refs(&recs),
+        Compression::Snappy,
+    )
+    .await;
+    assert_eq!(out.expect("TLS with the test CA"), Outcome::Delivered);
+    let untrusted = tls_client(None, None);
+    let err = send_with(
+        &untrusted,
+        &backend.url,
+        &f,
+        &refs(&recs),
+        Compression::Snappy,
+    )
+    .await
+    .expect_err("an unknown CA");
+    assert!(err.is_connect(), "{err:?}");
+    assert_eq!(backend.received().loki.len(), 5);
+}
+
+#[tokio::test]
+async fn mutual_tls_backends_demand_a_client_certificate() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [ca, cert, key] = pki.write(dir.path());
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    let backend = Backend::start_tls(Kind::SplunkHec, &pki, true).await;
+    let f = hec_format(&backend.url, "{token: test-token}");
+    let recs = records();
+    let without = tls_client(Some(&pki.ca_pem), None);
+    assert!(
+        send_with(&without, &backend.url, &f, &refs(&recs), Compression::None)
+            .await
+            .is_err()
+    );
+    let with = tls_client(Some(&pki.ca_pem), Some(&pki));
+    let out = send_with(&with, &backend.url, &f, &refs(&recs), Compression::None).await;
+    assert_eq!(out.expect("mutual TLS"), Outcome::Delivered);
+    let got = backend.received();
+    assert_eq!(got.hec.len(), 5);
+    assert!(got.tls_failures >= 1);
+}
+
+// ---- docs/sinks.md ----
+
+fn sinks_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sinks.md"))
+        .expect("docs/sinks.md")
+}
+
+#[test]
+fn every_example_in_the_sinks_doc_is_a_valid_config() {
+    let doc = sinks_doc();
+    let mut examples = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed code block");
+        let config = Config::parse_str(&body[..end], Path::new("docs/sinks.md"))
+            .unwrap_or_else(|e| panic!("example {}: {e}", examples + 1));
+        assert!(!config.sinks.is_empty());
+        examples += 1;
+        rest = &body[end..];
+    }
+    assert!(
+        examples >= 4,
+        "one example per sink at least, found {examples}"
+    );
+}
+
+#[test]
+fn every_backend_option_is_documented_with_its_default() {
+    use loglet::config::{ElasticsearchOptions, LokiOptions, OtlpOptions, SplunkHecOptions};
+    let doc = sinks_doc();
+    let options = [
+        ("loki", serde_json::to_value(LokiOptions::default())),
+        (
+            "elasticsearch",
+            serde_json::to_value(ElasticsearchOptions::default()),
+        ),
+        ("otlp", serde_json::to_value(OtlpOptions::default())),
+        (
+            "splunk_hec",
+            serde_json::to_value(SplunkHecOptions::default()),
+        ),
+    ];
+    for (sink, value) in options {
+        let section = doc
+            .split(&format!("\n## {sink}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no section for {sink}"));
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let value = value.expect("options serialize");
+        for key in value.as_object().expect("an object").keys() {
+            assert!(
+                section.contains(&format!("| `{key}` |")),
+                "{sink}.{key} is not in the options table of docs/sinks.md"
+            );
+        }
+    }
+}
