@@ -42,11 +42,10 @@ pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
 fn escape_valid(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if !NEEDS_ESCAPE[b as usize] {
-            continue;
-        }
-        out.extend_from_slice(&s[start..i]);
+    let mut i = 0;
+    while let Some(at) = next_escape(s, i) {
+        let b = s[at];
+        out.extend_from_slice(&s[start..at]);
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -62,9 +61,39 @@ fn escape_valid(out: &mut Vec<u8>, s: &[u8]) {
                 HEX[(b & 0xf) as usize],
             ]),
         }
-        start = i + 1;
+        start = at + 1;
+        i = at + 1;
     }
     out.extend_from_slice(&s[start..]);
+}
+
+/// The index of the first byte at or after `from` that needs escaping. Scans eight bytes at a
+/// time (SWAR): a word without a control character, `"` or `\` is skipped in a few operations.
+#[inline]
+fn next_escape(s: &[u8], from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= s.len() {
+        let w = u64::from_le_bytes(s[i..i + 8].try_into().expect("eight bytes"));
+        // A byte below 0x20, or equal to `"` (0x22) or `\` (0x5c): the classic zero-byte test on
+        // `w - 0x20` and on `w ^ b` for each b, restricted to ASCII bytes (`& !w`).
+        let ctl = w.wrapping_sub(LO * 0x20);
+        let quote = (w ^ (LO * 0x22)).wrapping_sub(LO);
+        let backslash = (w ^ (LO * 0x5c)).wrapping_sub(LO);
+        let hit = (ctl | quote | backslash) & !w & HI;
+        if hit != 0 {
+            // A candidate in this word (the test may flag a byte after a real hit, never miss
+            // one): find the exact byte.
+            return s[i..i + 8]
+                .iter()
+                .position(|&b| NEEDS_ESCAPE[b as usize])
+                .map(|p| i + p)
+                .or_else(|| next_escape(s, i + 8));
+        }
+        i += 8;
+    }
+    s[i..].iter().position(|&b| NEEDS_ESCAPE[b as usize]).map(|p| i + p)
 }
 
 /// Appends `ns` (Unix nanoseconds) as RFC 3339 in UTC the way Go's `RFC3339Nano` writes it: the
@@ -72,6 +101,31 @@ fn escape_valid(out: &mut Vec<u8>, s: &[u8]) {
 pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64) {
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    // Consecutive records mostly share their second: reuse its `YYYY-MM-DDTHH:MM:SS`.
+    LAST_SECOND.with(|last| {
+        let (cached, text) = last.get();
+        if cached == secs && text[0] != 0 {
+            out.extend_from_slice(&text);
+        } else {
+            let start = out.len();
+            write_date_time(out, secs);
+            if out.len() - start == 19 {
+                let mut t = [0u8; 19];
+                t.copy_from_slice(&out[start..]);
+                last.set((secs, t));
+            }
+        }
+    });
+    write_fraction(out, nanos);
+    out.push(b'Z');
+}
+
+thread_local! {
+    static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((0, [0; 19])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of Unix seconds.
+fn write_date_time(out: &mut Vec<u8>, secs: i64) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
@@ -91,6 +145,10 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64) {
     two(out, sod / 60 % 60);
     out.push(b':');
     two(out, sod % 60);
+}
+
+/// `.fffffffff` without trailing zeros; nothing when `nanos` is 0.
+fn write_fraction(out: &mut Vec<u8>, nanos: u32) {
     if nanos != 0 {
         let mut digits = [0u8; 9];
         let mut n = nanos;
@@ -102,7 +160,6 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64) {
         out.push(b'.');
         out.extend_from_slice(&digits[..len]);
     }
-    out.push(b'Z');
 }
 
 fn two(out: &mut Vec<u8>, v: u32) {
@@ -213,6 +270,8 @@ pub fn source_members(source: &Source, out: &mut Vec<u8>) {
 pub struct FragmentCache {
     cache: LruCache<u64, Vec<u8>>,
     build: fn(&Source, &mut Vec<u8>),
+    /// The last source asked for and its fragment: consecutive records mostly share a file.
+    last: Option<(u64, Vec<u8>)>,
 }
 
 /// Sources alive at once on a busy node: a few hundred containers, each possibly with a new
@@ -224,17 +283,25 @@ impl FragmentCache {
         FragmentCache {
             cache: LruCache::new(NonZeroUsize::new(FRAGMENT_CACHE_ENTRIES).expect("non-zero")),
             build,
+            last: None,
         }
     }
 
     /// The fragment of `source`, built on first use.
     pub fn get(&mut self, source: &Source) -> &[u8] {
-        let build = self.build;
-        self.cache.get_or_insert(source.id, || {
-            let mut v = Vec::with_capacity(256);
-            build(source, &mut v);
-            v
-        })
+        if self.last.as_ref().is_none_or(|(id, _)| *id != source.id) {
+            let build = self.build;
+            let fragment = self.cache.get_or_insert(source.id, || {
+                let mut v = Vec::with_capacity(256);
+                build(source, &mut v);
+                v
+            });
+            let mut copy = self.last.take().map(|(_, v)| v).unwrap_or_default();
+            copy.clear();
+            copy.extend_from_slice(fragment);
+            self.last = Some((source.id, copy));
+        }
+        &self.last.as_ref().expect("just set").1
     }
 }
 
@@ -332,6 +399,25 @@ mod tests {
             let parsed: String = serde_json::from_str(&got).unwrap();
             assert_eq!(parsed, String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn the_word_scan_finds_every_byte_that_needs_escaping() {
+        // Every position and every byte value, inside and across eight-byte words.
+        for len in 0..20 {
+            for pos in 0..len {
+                for b in 0u8..=255 {
+                    let mut s = vec![b'a'; len];
+                    s[pos] = b;
+                    let want = NEEDS_ESCAPE[b as usize].then_some(pos);
+                    assert_eq!(next_escape(&s, 0), want, "len {len} pos {pos} byte {b:#x}");
+                }
+            }
+        }
+        // High bytes (UTF-8) next to a hit must not hide it.
+        let s = "é\"日本\n".as_bytes();
+        assert_eq!(next_escape(s, 0), Some(2));
+        assert_eq!(next_escape(s, 3), Some(9));
     }
 
     #[test]
