@@ -93,7 +93,10 @@ fn next_escape(s: &[u8], from: usize) -> Option<usize> {
         }
         i += 8;
     }
-    s[i..].iter().position(|&b| NEEDS_ESCAPE[b as usize]).map(|p| i + p)
+    s[i..]
+        .iter()
+        .position(|&b| NEEDS_ESCAPE[b as usize])
+        .map(|p| i + p)
 }
 
 /// Appends `ns` (Unix nanoseconds) as RFC 3339 in UTC the way Go's `RFC3339Nano` writes it: the
