@@ -39,6 +39,7 @@ fn source(i: usize) -> Arc<Source> {
             image: Some("registry.example.com/shop/checkout:2.14.1".into()),
             container_id: Some(format!("{:064x}", i + 1)),
         }],
+        ..PodMeta::default()
     };
     Arc::new(Source {
         id: Source::next_id(),

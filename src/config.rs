@@ -36,6 +36,8 @@ pub struct Config {
     /// Where records go, by name. Default: one `stdout` sink.
     #[serde(default = "default_sinks")]
     pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
 }
 
 fn default_root() -> PathBuf {
@@ -686,6 +688,7 @@ impl Config {
         for (name, sink) in &self.sinks {
             sink.problems(&format!("sinks.{name}"), &mut p);
         }
+        self.kubernetes.problems("kubernetes", &mut p);
         p
     }
 
@@ -1284,5 +1287,190 @@ mod sink_option_tests {
             assert!(!printed.contains(secret), "{printed}");
             assert!(!debug.contains(secret), "{debug}");
         }
+    }
+}
+
+// ---- kube ----
+
+/// Pod and Namespace metadata from the Kubernetes API (see docs/kubernetes.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// `auto`: use the API when a service account or a kubeconfig is found, else run on with
+    /// file-name metadata; `true`: the same, but `/readyz` fails while there is no API; `false`:
+    /// never ask the API.
+    pub enabled: KubernetesEnabled,
+    /// A kubeconfig file (default: `KUBECONFIG`, then the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch Namespaces too, for their labels and `loglet.io/` annotations (one cluster-wide watch
+    /// per node; turn off where Namespace metadata is not wanted).
+    pub watch_namespaces: bool,
+    /// Pod annotation keys copied into every record (a trailing `*` matches a prefix).
+    pub annotations: Vec<String>,
+    /// How long the lines of a file whose Pod is not in the cache yet wait for the watcher before
+    /// they go out with what the file name tells.
+    pub metadata_wait: Dur,
+    /// `/readyz` waits at most this long for the first list of Pods (and Namespaces).
+    pub ready_timeout: Dur,
+    /// A deleted Pod's metadata stays available this long, for files found after the deletion.
+    pub deleted_pod_grace: Dur,
+    /// At most this many deleted Pods are kept (least recently deleted go first).
+    pub max_deleted_pods: usize,
+}
+
+/// The kubelet writes the file and the API learns of the Pod within the same second or two; a
+/// line waits no longer than that so a missing API costs little latency.
+pub const DEFAULT_METADATA_WAIT: Duration = Duration::from_secs(2);
+/// A Pod list from the API server's watch cache takes well under a second; 30 s covers a slow
+/// control plane without holding a DaemonSet rollout for long.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The kubelet removes a deleted Pod's logs within about a minute; five minutes also covers a
+/// rescan cycle and a loglet restart catching up, at ~1 KiB per retained Pod.
+pub const DEFAULT_DELETED_POD_GRACE: Duration = Duration::from_secs(300);
+/// Ten times the kubelet's default 110 Pods per node: a busy Job node's five minutes of deletions,
+/// at most ~1 MiB.
+pub const DEFAULT_MAX_DELETED_PODS: usize = 1024;
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: KubernetesEnabled::Auto,
+            kubeconfig: None,
+            watch_namespaces: true,
+            annotations: Vec::new(),
+            metadata_wait: Dur(DEFAULT_METADATA_WAIT),
+            ready_timeout: Dur(DEFAULT_READY_TIMEOUT),
+            deleted_pod_grace: Dur(DEFAULT_DELETED_POD_GRACE),
+            max_deleted_pods: DEFAULT_MAX_DELETED_PODS,
+        }
+    }
+}
+
+impl KubernetesConfig {
+    fn problems(&self, key: &str, p: &mut Vec<String>) {
+        if self.metadata_wait.0 > Duration::from_secs(60) {
+            p.push(format!(
+                "{key}.metadata_wait: at most 1m (lines of an unknown Pod wait this long)"
+            ));
+        }
+        if self.ready_timeout.0.is_zero() {
+            p.push(format!("{key}.ready_timeout: must be greater than 0"));
+        }
+        if self.max_deleted_pods == 0 {
+            p.push(format!("{key}.max_deleted_pods: must be at least 1"));
+        }
+        for (i, a) in self.annotations.iter().enumerate() {
+            let name = a.strip_suffix('*').unwrap_or(a);
+            if a.is_empty()
+                || a.len() > 317
+                || name.contains(|c: char| c.is_whitespace() || c == '*')
+            {
+                p.push(format!(
+                    "{key}.annotations[{i}]: `{a}` is not an annotation key (or a prefix ending in *)"
+                ));
+            }
+        }
+        if self
+            .kubeconfig
+            .as_ref()
+            .is_some_and(|k| k.as_os_str().is_empty())
+        {
+            p.push(format!("{key}.kubeconfig: must not be empty"));
+        }
+    }
+}
+
+/// `kubernetes.enabled`: `auto`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KubernetesEnabled {
+    #[default]
+    Auto,
+    /// Required: without an API, loglet still runs but is not ready.
+    True,
+    False,
+}
+
+impl<'de> Deserialize<'de> for KubernetesEnabled {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(KubernetesEnabled::True),
+            Raw::Bool(false) => Ok(KubernetesEnabled::False),
+            Raw::Str(s) if s == "auto" => Ok(KubernetesEnabled::Auto),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "`{s}` is not one of auto, true, false"
+            ))),
+        }
+    }
+}
+
+impl Serialize for KubernetesEnabled {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KubernetesEnabled::Auto => s.serialize_str("auto"),
+            KubernetesEnabled::True => s.serialize_bool(true),
+            KubernetesEnabled::False => s.serialize_bool(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod kubernetes_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_str(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn kubernetes_defaults_apply_when_the_section_is_absent() {
+        let k = parse("").unwrap().kubernetes;
+        assert_eq!(k.enabled, KubernetesEnabled::Auto);
+        assert!(k.watch_namespaces);
+        assert!(k.annotations.is_empty());
+        assert_eq!(k.metadata_wait.0, DEFAULT_METADATA_WAIT);
+        assert_eq!(k.deleted_pod_grace.0, DEFAULT_DELETED_POD_GRACE);
+    }
+
+    #[test]
+    fn kubernetes_enabled_takes_auto_true_and_false() {
+        for (text, want) in [
+            ("auto", KubernetesEnabled::Auto),
+            ("true", KubernetesEnabled::True),
+            ("false", KubernetesEnabled::False),
+        ] {
+            let c = parse(&format!("kubernetes:\n  enabled: {text}\n")).unwrap();
+            assert_eq!(c.kubernetes.enabled, want, "{text}");
+            let printed = serde_saphyr::to_string(&c.kubernetes).unwrap();
+            assert!(printed.contains(&format!("enabled: {text}")), "{printed}");
+        }
+        let e = parse("kubernetes:\n  enabled: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_problems_name_their_keys() {
+        let e = parse(
+            "kubernetes:\n  max_deleted_pods: 0\n  ready_timeout: 0s\n  metadata_wait: 5m\n  annotations: ['a b', 'x/*', '']\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "kubernetes.max_deleted_pods",
+            "kubernetes.ready_timeout",
+            "kubernetes.metadata_wait",
+            "kubernetes.annotations[0]",
+            "kubernetes.annotations[2]",
+        ] {
+            assert!(e.contains(want), "missing {want} in {e}");
+        }
+        assert!(!e.contains("annotations[1]"), "{e}");
     }
 }

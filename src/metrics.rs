@@ -85,6 +85,17 @@ pub struct Metrics {
     pub loki_label_sets: IntGaugeVec,
     /// Sources whose Loki labels were cut to the first one to stay within `max_label_sets`.
     pub loki_labels_folded: IntCounterVec,
+    // kube
+    pub kube_pods_cached: IntGauge,
+    pub kube_namespaces_cached: IntGauge,
+    pub kube_deleted_pods_retained: IntGauge,
+    /// Watch events by `resource` (pods, namespaces) and `type` (list, apply, delete).
+    pub kube_watch_events: IntCounterVec,
+    /// Full lists started, first and re-lists, by `resource`.
+    pub kube_lists: IntCounterVec,
+    pub kube_watch_errors: IntCounterVec,
+    pub kube_watch_up: IntGaugeVec,
+    pub kube_last_sync: prometheus::GaugeVec,
 }
 
 /// Named readiness conditions; `/readyz` is ready when none is failing.
@@ -307,6 +318,58 @@ impl Metrics {
                 "Sources whose extra Loki labels went to structured metadata because max_label_sets was reached",
                 &["sink"],
             ),
+            // kube
+            kube_pods_cached: gauge(
+                &r,
+                "loglet_kube_pods_cached",
+                "Pods of this node in the metadata cache",
+            ),
+            kube_namespaces_cached: gauge(
+                &r,
+                "loglet_kube_namespaces_cached",
+                "Namespaces in the metadata cache",
+            ),
+            kube_deleted_pods_retained: gauge(
+                &r,
+                "loglet_kube_deleted_pods_retained",
+                "Deleted Pods whose metadata is kept for files found late",
+            ),
+            kube_watch_events: counter_vec(
+                &r,
+                "loglet_kube_watch_events_total",
+                "Objects received from the API by resource and type (list, apply, delete)",
+                &["resource", "type"],
+            ),
+            kube_lists: counter_vec(
+                &r,
+                "loglet_kube_lists_total",
+                "Full lists started (the first one and every re-list), by resource",
+                &["resource"],
+            ),
+            kube_watch_errors: counter_vec(
+                &r,
+                "loglet_kube_watch_errors_total",
+                "List and watch errors by resource and kind (list, watch_start, gone, watch_status, stream, invalid_object)",
+                &["resource", "kind"],
+            ),
+            kube_watch_up: gauge_vec(
+                &r,
+                "loglet_kube_watch_up",
+                "1 while the list/watch of a resource works, 0 after an error until it recovers",
+                &["resource"],
+            ),
+            kube_last_sync: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "loglet_kube_last_sync_timestamp_seconds",
+                        "When the cache was last confirmed in sync with the API (a list completed or an event arrived), Unix seconds",
+                    ),
+                    &["resource"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
             ready: AtomicBool::new(false),
             started: std::time::Instant::now(),

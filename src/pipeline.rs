@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::kube::PodStore;
+use crate::kube;
 use crate::metrics::{self, Metrics};
 use crate::sink;
 use crate::tail::checkpoint::Checkpoints;
@@ -41,8 +41,13 @@ async fn run_async(config: Config, runtime: tokio::runtime::Handle) -> anyhow::R
         .node_name
         .clone()
         .or_else(|| std::env::var("NODE_NAME").ok());
-    let store = PodStore::disabled();
-    let metadata_wait = Duration::ZERO;
+    let store = kube::start(&config.kubernetes, node_name.clone(), metrics.clone()).await;
+    // Lines wait for their Pod's metadata only when a watcher can bring it.
+    let metadata_wait = if store.is_enabled() {
+        config.kubernetes.metadata_wait.0
+    } else {
+        Duration::ZERO
+    };
 
     let state_dir = config.host_path(&config.state_dir);
     let (checkpoints, restored) = Checkpoints::open(&state_dir, metrics.clone())

@@ -98,6 +98,10 @@ pub struct PodMeta {
     /// The Pod annotations the config selects (none by default).
     pub annotations: Vec<(String, String)>,
     pub namespace_labels: Vec<(String, String)>,
+    /// The Pod's `loglet.io/` annotations (keys keep the prefix), for routing and processing.
+    pub loglet_annotations: Vec<(String, String)>,
+    /// Its Namespace's `loglet.io/` annotations (keys keep the prefix).
+    pub namespace_loglet_annotations: Vec<(String, String)>,
     /// The first controller owner reference, `(kind, name)`.
     pub owner: Option<(String, String)>,
     /// The workload behind the owner, `(kind, name)`: a ReplicaSet owned by a Deployment gives

@@ -41,6 +41,7 @@ fn web_source(pod: &str, uid: &str) -> Arc<Source> {
             image: Some("nginx:1.27".into()),
             container_id: Some(format!("id-{uid}")),
         }],
+        ..PodMeta::default()
     };
     Arc::new(Source {
         id: Source::next_id(),

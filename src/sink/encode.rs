@@ -515,6 +515,7 @@ pub(crate) mod tests {
                 image: Some("nginx:1.27".into()),
                 container_id: Some("c0ffee".into()),
             }],
+            ..PodMeta::default()
         };
         Arc::new(Source {
             id: Source::next_id(),
