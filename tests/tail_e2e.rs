@@ -396,3 +396,70 @@ fn check_config_names_the_file_the_key_and_what_was_expected() {
     assert!(printed.contains("https://logs.example/ingest"));
     assert!(!printed.contains("hunter2"), "secrets never printed");
 }
+
+/// The README's first command runs loglet on `examples/node/`; this keeps that tree and what it
+/// shows true: every line of every file once, partial and split lines joined, container IDs from
+/// the `/var/log/containers` links.
+#[test]
+fn the_example_node_tree_arrives_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("node");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node");
+    let status = std::process::Command::new("cp")
+        .args(["-a", example])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A checkpoint left by a local run of the README command must not hide lines here.
+    let _ = std::fs::remove_dir_all(root.join("var/lib/loglet"));
+    let l = Loglet::start(&root, &tmp.path().join("work"), &config("", STDOUT_SINK));
+    let records = wait_for_records(&l, 40);
+    std::thread::sleep(Duration::from_millis(500));
+    let records_after = l.stdout_records();
+    assert_eq!(records_after.len(), 40, "no more than the tree holds");
+    let got = by_container(&records);
+    let count = |k: &str| got.get(k).map_or(0, Vec::len);
+    assert_eq!(
+        count("shop/web-7d9f8b6c5-x2k4p/nginx"),
+        23,
+        "rotated and current file"
+    );
+    assert_eq!(
+        count("kube-system/coredns-5d78c9869d-8wq7z/coredns"),
+        6,
+        "both restarts"
+    );
+    assert_eq!(count("payments/api-0/api"), 7, "CRI-O with local offsets");
+    assert_eq!(
+        count("legacy/old-app-6c9f7d-qq2mz/app"),
+        4,
+        "Docker json-file"
+    );
+    let lens = |k: &str| -> Vec<usize> { got[k].iter().map(String::len).collect() };
+    assert!(
+        lens("legacy/old-app-6c9f7d-qq2mz/app").contains(&20000),
+        "16 KiB split joined"
+    );
+    assert!(
+        lens("shop/web-7d9f8b6c5-x2k4p/nginx").contains(&20388),
+        "P + F joined"
+    );
+    assert!(
+        lens("payments/api-0/api").contains(&8292),
+        "CRI-O 8 KiB P + F joined"
+    );
+    let current = records
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with("coredns/1.log"))
+        .unwrap();
+    assert_eq!(
+        current["kubernetes"]["container_id"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64,
+        "{current}"
+    );
+    assert_eq!(l.stop(), 0);
+}
