@@ -1,0 +1,487 @@
+//! bench: the whole pipeline, end to end, through the real `loglet` binary.
+//!
+//! A kubelet tree of CRI files (40 Pods x 2 containers, ~238-byte lines mixing JSON and plain
+//! text, one line in 2000 over 16 KiB and split into `P` chunks), Pod metadata from a fake
+//! Kubernetes API (list/watch), NDJSON over HTTP to a receiver on 127.0.0.1 that only scans for
+//! the sequence number of each line, so it is not the bottleneck. Two scenarios:
+//!
+//! - **catch-up**: the tree is written before loglet starts; loglet ships all of it. Reports
+//!   time, lines/s, MiB/s, CPU seconds (user + system of the loglet process) per GiB, peak RSS
+//!   (VmHWM), lost and duplicated lines.
+//! - **steady**: a writer appends at a fixed rate; reports loglet's CPU as a share of one core,
+//!   its RSS, and the lag from write to receipt (p50, p99).
+//!
+//! Run: `cargo bench --bench pipeline -- [--mib 300] [--steady-rate 20000] [--steady-secs 30]`
+//! (`--mib 0` or `--steady-secs 0` skips a scenario). Never run in CI; figures go to
+//! docs/performance.md.
+
+#[path = "../tests/common/fake_api.rs"]
+#[allow(dead_code)]
+mod fake_api;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fake_api::{FakeApi, namespace, owned_by, pod, with_containers, with_labels};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+const NODE: &str = "bench-node";
+const PODS: usize = 40;
+const CONTAINERS: [&str; 2] = ["app", "proxy"];
+/// containerd's split size.
+const CRI_SPLIT: usize = 16 * 1024;
+/// A bound on every wait, so the bench always ends.
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+struct Args {
+    mib: u64,
+    steady_rate: u64,
+    steady_secs: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mib: 300,
+        steady_rate: 20_000,
+        steady_secs: 30,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} takes a number"))
+        };
+        match k.as_str() {
+            "--mib" => a.mib = num(),
+            "--steady-rate" => a.steady_rate = num(),
+            "--steady-secs" => a.steady_secs = num(),
+            _ => {} // `--bench` from cargo, and anything else
+        }
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace("bench", &[("team", "perf"), ("env", "prod")]));
+    for p in 0..PODS {
+        api.apply_pod(&owned_by(
+            with_labels(
+                with_containers(
+                    pod("bench", &pod_name(p), &pod_uid(p), NODE),
+                    &[
+                        ("app", "registry.example.com/shop/checkout:2.14.1"),
+                        ("proxy", "envoyproxy/envoy:v1.31.0"),
+                    ],
+                ),
+                &[
+                    ("app.kubernetes.io/name", "checkout"),
+                    ("app.kubernetes.io/instance", "checkout-prod"),
+                    ("app.kubernetes.io/version", "2.14.1"),
+                    ("pod-template-hash", "7d9f8b6c5"),
+                    ("team", "payments"),
+                ],
+            ),
+            "ReplicaSet",
+            "checkout-7d9f8b6c5",
+        ));
+    }
+    if a.mib > 0 {
+        catch_up(&api, a.mib);
+    }
+    if a.steady_secs > 0 && a.steady_rate > 0 {
+        steady(&api, a.steady_rate, a.steady_secs);
+    }
+}
+
+fn pod_name(p: usize) -> String {
+    format!("checkout-7d9f8b6c5-{p:05}")
+}
+
+fn pod_uid(p: usize) -> String {
+    format!("3f1c2a9e-6b1d-4f8e-9c3a-{p:012}")
+}
+
+fn file_path(root: &Path, p: usize, c: &str) -> PathBuf {
+    root.join(format!(
+        "var/log/pods/bench_{}_{}/{c}/0.log",
+        pod_name(p),
+        pod_uid(p)
+    ))
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Go's RFC3339Nano in UTC, as containerd writes it (fraction trimmed).
+fn rfc3339(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+    if nanos != 0 {
+        let f = format!(".{nanos:09}");
+        s.push_str(f.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// The content of line `seq` (what the receiver must see whole): `seq=<n>;` first, `;eol`
+/// last, a JSON or plain-text body of about 238 bytes in all once framed, one in 2000 over
+/// 16 KiB. `t` is the write time, for the steady scenario's lag.
+fn content(seq: u64, t: i64, out: &mut Vec<u8>) {
+    out.clear();
+    write!(out, "seq={seq};t={t};").unwrap();
+    if seq % 2000 == 1999 {
+        let n = 20_000 + (seq % 7) as usize * 3000;
+        out.extend(std::iter::repeat_n(b'L', n));
+    } else if seq % 2 == 0 {
+        write!(
+            out,
+            "{{\"level\":\"info\",\"msg\":\"request served\",\"method\":\"GET\",\"path\":\"/api/v1/cart/{}\",\"status\":200,\"duration_ms\":12.5,\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"}}",
+            seq % 10_000
+        )
+        .unwrap();
+    } else {
+        write!(
+            out,
+            "10.0.{}.{} - - \"GET /product/{} HTTP/1.1\" 200 5120 \"-\" \"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0\" upstream=10.1.2.3:8080",
+            seq % 250,
+            seq % 200,
+            seq % 9999
+        )
+        .unwrap();
+    }
+    out.extend_from_slice(b";eol");
+}
+
+/// Appends one CRI line (split into `P` chunks past 16 KiB) to `w`; returns the bytes written.
+fn write_cri(w: &mut impl Write, t: i64, body: &[u8]) -> u64 {
+    let ts = rfc3339(t);
+    let mut written = 0;
+    let mut chunks = body.chunks(CRI_SPLIT).peekable();
+    while let Some(chunk) = chunks.next() {
+        let tag = if chunks.peek().is_some() { "P" } else { "F" };
+        write!(w, "{ts} stdout {tag} ").unwrap();
+        w.write_all(chunk).unwrap();
+        w.write_all(b"\n").unwrap();
+        written += (ts.len() + 10 + chunk.len()) as u64;
+    }
+    written
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    records: AtomicU64,
+    /// Records whose message lost its `;eol` end (truncated) or its `seq=`.
+    damaged: AtomicU64,
+    /// A bit per sequence number; duplicates counted.
+    bits: Mutex<Vec<u64>>,
+    duplicates: AtomicU64,
+    /// Lag samples in microseconds (steady scenario).
+    lags_us: Mutex<Vec<u32>>,
+}
+
+impl Seen {
+    fn scan(&self, body: &[u8], lag: bool) {
+        let now = now_ns();
+        let mut bits = self.bits.lock().unwrap();
+        let mut lags = Vec::new();
+        let mut n = 0;
+        for rec in body.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
+            n += 1;
+            let Some(i) = memchr::memmem::find(rec, b"seq=") else {
+                self.damaged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (seq, rest) = number(&rec[i + 4..]);
+            if memchr::memmem::find(rest, b";eol\"").is_none() {
+                self.damaged.fetch_add(1, Ordering::Relaxed);
+            }
+            let (word, bit) = ((seq / 64) as usize, seq % 64);
+            if bits.len() <= word {
+                bits.resize(word + 1, 0);
+            }
+            if bits[word] & (1 << bit) != 0 {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            bits[word] |= 1 << bit;
+            if lag && let Some(rest) = rest.strip_prefix(b";t=") {
+                let (t, _) = number(rest);
+                lags.push(((now - t as i64).max(0) / 1000).min(u32::MAX as i64) as u32);
+            }
+        }
+        drop(bits);
+        self.records.fetch_add(n, Ordering::Relaxed);
+        if lag {
+            self.lags_us.lock().unwrap().extend(lags);
+        }
+    }
+
+    fn distinct(&self) -> u64 {
+        let bits = self.bits.lock().unwrap();
+        bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+fn number(s: &[u8]) -> (u64, &[u8]) {
+    let end = s.iter().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let v = std::str::from_utf8(&s[..end])
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(u64::MAX / 2);
+    (v, &s[end..])
+}
+
+/// An HTTP receiver on 127.0.0.1 on a thread of its own; returns its URL.
+fn receiver(seen: Arc<Seen>, lag: bool) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            seen.scan(&body, lag);
+                            Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::new())))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    format!("http://{}/ingest", rx.recv().unwrap())
+}
+
+fn start_loglet(root: &Path, api: &FakeApi, url: &str) -> Child {
+    let kubeconfig = api.write_kubeconfig(root);
+    let config = root.join("loglet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: /state\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\nkubernetes:\n  kubeconfig: {}\nsinks:\n  bench:\n    type: http\n    url: {url}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_loglet"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(root)
+        .env("NODE_NAME", NODE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start loglet (cargo bench builds it)")
+}
+
+/// user + system CPU seconds of a live process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, of the whole line).
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `VmHWM` and `VmRSS` of a live process, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT_LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn catch_up(api: &FakeApi, mib: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let files = PODS * CONTAINERS.len();
+    let mut writers: Vec<BufWriter<File>> = (0..files)
+        .map(|i| {
+            let path = file_path(root, i / 2, CONTAINERS[i % 2]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            BufWriter::with_capacity(1 << 20, File::create(path).unwrap())
+        })
+        .collect();
+    let target = mib << 20;
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    let mut body = Vec::new();
+    let t0 = now_ns() - 3_600_000_000_000;
+    while bytes < target {
+        content(lines, 0, &mut body);
+        bytes += write_cri(
+            &mut writers[(lines % files as u64) as usize],
+            t0 + lines as i64 * 1000,
+            &body,
+        );
+        lines += 1;
+    }
+    for w in &mut writers {
+        w.flush().unwrap();
+    }
+    drop(writers);
+    // From page cache, as on a node where the files were just written.
+    let seen = Arc::new(Seen::default());
+    let url = receiver(seen.clone(), false);
+    let started = Instant::now();
+    let child = start_loglet(root, api, &url);
+    let pid = child.id();
+    wait_for("every line", || seen.distinct() >= lines);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid);
+    let (hwm, _) = rss_mib(pid);
+    stop(child);
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    println!("catch-up: {mib} MiB, {lines} lines in {files} files (one in 2000 over 16 KiB)");
+    println!(
+        "  time {elapsed:.2} s | {:.0} lines/s | {:.1} MiB/s | CPU {cpu:.2} s = {:.2} CPU-s/GiB | peak RSS {hwm:.1} MiB | lost {} | damaged {} | duplicates {}",
+        lines as f64 / elapsed,
+        bytes as f64 / (1 << 20) as f64 / elapsed,
+        cpu / gib,
+        lines - seen.distinct().min(lines),
+        seen.damaged.load(Ordering::Relaxed),
+        seen.duplicates.load(Ordering::Relaxed),
+    );
+}
+
+fn steady(api: &FakeApi, rate: u64, secs: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let files = PODS * CONTAINERS.len();
+    let mut handles: Vec<File> = (0..files)
+        .map(|i| {
+            let path = file_path(root, i / 2, CONTAINERS[i % 2]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            File::create(path).unwrap()
+        })
+        .collect();
+    let seen = Arc::new(Seen::default());
+    let url = receiver(seen.clone(), true);
+    let child = start_loglet(root, api, &url);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = rate / 100;
+    let mut seq = 0u64;
+    let mut body = Vec::new();
+    let mut buf = Vec::new();
+    for n in 0..secs * 100 {
+        // Each file gets its share of the tick's lines in one write, as a runtime flushes.
+        for (f, h) in handles.iter_mut().enumerate() {
+            buf.clear();
+            let mine = per_tick / files as u64 + u64::from((f as u64) < per_tick % files as u64);
+            for _ in 0..mine {
+                let t = now_ns();
+                content(seq, t, &mut body);
+                write_cri(&mut buf, t, &body);
+                seq += 1;
+            }
+            h.write_all(&buf).unwrap();
+        }
+        let next = started + tick * (n as u32 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    wait_for("every line", || seen.distinct() >= seq);
+    let (hwm, rss) = rss_mib(pid);
+    stop(child);
+    let mut lags = std::mem::take(&mut *seen.lags_us.lock().unwrap());
+    lags.sort_unstable();
+    let pct = |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)));
+    let ms = |v: Option<&u32>| v.map_or(f64::NAN, |&us| f64::from(us) / 1000.0);
+    println!("steady: {rate} lines/s for {secs} s into {files} files");
+    println!(
+        "  CPU {:.1} % of a core | RSS {rss:.1} MiB (peak {hwm:.1}) | lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms | lost {} | damaged {} | duplicates {}",
+        cpu / wall * 100.0,
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(lags.last()),
+        seq - seen.distinct().min(seq),
+        seen.damaged.load(Ordering::Relaxed),
+        seen.duplicates.load(Ordering::Relaxed),
+    );
+}
