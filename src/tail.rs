@@ -216,6 +216,9 @@ pub struct Tailer {
     notices_tx: crossbeam_channel::Sender<Notice>,
     /// Container directories inotify said changed.
     dirty_dirs: HashSet<PathBuf>,
+    /// The files of each directory, for inotify's "modified" (thousands a second on a busy node);
+    /// rebuilt when files come, go or move (`None`).
+    by_dir: Option<HashMap<PathBuf, Vec<FileKey>>>,
     open_files: usize,
     pending: Pending,
     decoded: Vec<Decoded>,
@@ -247,6 +250,7 @@ impl Tailer {
             notices,
             notices_tx,
             dirty_dirs: HashSet::new(),
+            by_dir: None,
             open_files: 0,
             pending: Pending::default(),
             decoded: Vec::new(),
@@ -355,16 +359,24 @@ impl Tailer {
     }
 
     fn mark_dir_ready(&mut self, dir: &Path) {
-        for (key, f) in &self.files {
-            if f.found.path.parent() == Some(dir)
-                || Path::new(&f.found.host_path)
+        let (files, layout) = (&self.files, &self.s.layout);
+        let by_dir = self.by_dir.get_or_insert_with(|| {
+            let mut m: HashMap<PathBuf, Vec<FileKey>> = HashMap::new();
+            for (key, f) in files {
+                // Where the file is (a Docker log: its target) and where the kubelet lists it.
+                let read_at = f.found.path.parent().map(Path::to_path_buf);
+                let listed = Path::new(&f.found.host_path)
                     .parent()
-                    .map(|p| self.s.layout.under_root(p))
-                    .as_deref()
-                    == Some(dir)
-            {
-                self.ready.insert(*key);
+                    .map(|p| layout.under_root(p));
+                let listed = listed.filter(|l| Some(l) != read_at.as_ref());
+                for d in [read_at, listed].into_iter().flatten() {
+                    m.entry(d).or_default().push(*key);
+                }
             }
+            m
+        });
+        if let Some(keys) = by_dir.get(dir) {
+            self.ready.extend(keys.iter().copied());
         }
     }
 
@@ -552,6 +564,9 @@ impl Tailer {
                     f.source = Arc::new(src);
                 }
             }
+            if f.found.path != found.path || f.found.host_path != found.host_path {
+                self.by_dir = None;
+            }
             f.found.path = found.path;
             f.found.host_path = found.host_path;
             f.found.kind = found.kind;
@@ -624,6 +639,7 @@ impl Tailer {
         };
         tracing::debug!(path = %f.found.host_path, offset, "following a new log file");
         self.files.insert(key, f);
+        self.by_dir = None;
         self.order.push(key);
         self.ready.insert(key);
     }
@@ -669,6 +685,7 @@ impl Tailer {
         }
         tracing::info!(path = %found.host_path, offset, "reading the rest of a file rotated and compressed while it was unread");
         self.files.remove(&orig_key);
+        self.by_dir = None;
         self.order.retain(|k| *k != orig_key);
         let now = Instant::now();
         let source = Arc::new(Source {
@@ -704,6 +721,7 @@ impl Tailer {
             from_gz: true,
         };
         self.files.insert(orig_key, f);
+        self.by_dir = None;
         self.order.push(orig_key);
         self.ready.insert(orig_key);
     }
@@ -1111,6 +1129,7 @@ impl Tailer {
         let Some(f) = self.files.remove(&key) else {
             return;
         };
+        self.by_dir = None;
         if lost > 0 {
             self.metrics
                 .lost_bytes
