@@ -11,12 +11,12 @@
 //! - **steady**: a writer appends at a fixed rate; reports loglet's CPU as a share of one core,
 //!   its RSS, and the lag from write to receipt (p50, p99).
 //!
-//! Run: `cargo bench --bench pipeline -- [--mib 300] [--steady-rate 20000] [--steady-secs 30]`
+//! Run: `cargo bench --bench pipeline -- [--mib 300] [--steady-rate 20000] [--steady-secs 30]
+//! [--queue-batches N] [--sink-max-bytes N]`
 //! (`--mib 0` or `--steady-secs 0` skips a scenario). Never run in CI; figures go to
 //! docs/performance.md.
 
 #[path = "../tests/common/fake_api.rs"]
-#[allow(dead_code)]
 mod fake_api;
 
 use std::fs::File;
@@ -44,6 +44,9 @@ struct Args {
     mib: u64,
     steady_rate: u64,
     steady_secs: u64,
+    /// Overrides of `pipeline.queue_batches` and the sink's `batch.max_bytes`, to measure defaults.
+    queue_batches: Option<u64>,
+    sink_max_bytes: Option<u64>,
 }
 
 fn args() -> Args {
@@ -51,6 +54,8 @@ fn args() -> Args {
         mib: 300,
         steady_rate: 20_000,
         steady_secs: 30,
+        queue_batches: None,
+        sink_max_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +68,8 @@ fn args() -> Args {
             "--mib" => a.mib = num(),
             "--steady-rate" => a.steady_rate = num(),
             "--steady-secs" => a.steady_secs = num(),
+            "--queue-batches" => a.queue_batches = Some(num()),
+            "--sink-max-bytes" => a.sink_max_bytes = Some(num()),
             _ => {} // `--bench` from cargo, and anything else
         }
     }
@@ -96,10 +103,10 @@ fn main() {
         ));
     }
     if a.mib > 0 {
-        catch_up(&api, a.mib);
+        catch_up(&api, &a);
     }
     if a.steady_secs > 0 && a.steady_rate > 0 {
-        steady(&api, a.steady_rate, a.steady_secs);
+        steady(&api, &a);
     }
 }
 
@@ -255,7 +262,10 @@ impl Seen {
 }
 
 fn number(s: &[u8]) -> (u64, &[u8]) {
-    let end = s.iter().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
     let v = std::str::from_utf8(&s[..end])
         .ok()
         .and_then(|d| d.parse().ok())
@@ -298,13 +308,19 @@ fn receiver(seen: Arc<Seen>, lag: bool) -> String {
     format!("http://{}/ingest", rx.recv().unwrap())
 }
 
-fn start_loglet(root: &Path, api: &FakeApi, url: &str) -> Child {
+fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> Child {
     let kubeconfig = api.write_kubeconfig(root);
     let config = root.join("loglet.yaml");
+    let queue = a.queue_batches.map_or(String::new(), |n| {
+        format!("pipeline:\n  queue_batches: {n}\n")
+    });
+    let batch = a.sink_max_bytes.map_or(String::new(), |n| {
+        format!("    batch:\n      max_bytes: {n}\n")
+    });
     std::fs::write(
         &config,
         format!(
-            "state_dir: /state\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\nkubernetes:\n  kubeconfig: {}\nsinks:\n  bench:\n    type: http\n    url: {url}\n",
+            "state_dir: /state\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\nkubernetes:\n  kubeconfig: {}\n{queue}sinks:\n  bench:\n    type: http\n    url: {url}\n{batch}",
             kubeconfig.display()
         ),
     )
@@ -329,7 +345,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based, of the whole line).
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(14) + ticks(15)) / clock_ticks()
 }
 
@@ -373,7 +393,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn catch_up(api: &FakeApi, mib: u64) {
+fn catch_up(api: &FakeApi, a: &Args) {
+    let mib = a.mib;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let files = PODS * CONTAINERS.len();
@@ -405,7 +426,7 @@ fn catch_up(api: &FakeApi, mib: u64) {
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), false);
     let started = Instant::now();
-    let child = start_loglet(root, api, &url);
+    let child = start_loglet(root, api, &url, a);
     let pid = child.id();
     wait_for("every line", || seen.distinct() >= lines);
     let elapsed = started.elapsed().as_secs_f64();
@@ -425,7 +446,8 @@ fn catch_up(api: &FakeApi, mib: u64) {
     );
 }
 
-fn steady(api: &FakeApi, rate: u64, secs: u64) {
+fn steady(api: &FakeApi, a: &Args) {
+    let (rate, secs) = (a.steady_rate, a.steady_secs);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let files = PODS * CONTAINERS.len();
@@ -438,7 +460,7 @@ fn steady(api: &FakeApi, rate: u64, secs: u64) {
         .collect();
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), true);
-    let child = start_loglet(root, api, &url);
+    let child = start_loglet(root, api, &url, a);
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let cpu0 = cpu_seconds(pid);
@@ -471,7 +493,8 @@ fn steady(api: &FakeApi, rate: u64, secs: u64) {
     stop(child);
     let mut lags = std::mem::take(&mut *seen.lags_us.lock().unwrap());
     lags.sort_unstable();
-    let pct = |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)));
+    let pct =
+        |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)));
     let ms = |v: Option<&u32>| v.map_or(f64::NAN, |&us| f64::from(us) / 1000.0);
     println!("steady: {rate} lines/s for {secs} s into {files} files");
     println!(
