@@ -162,9 +162,10 @@ pub struct PipelineConfig {
 /// ~1000 lines of a typical 240 bytes: big enough to amortise, small enough for low latency.
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 1024;
 pub const DEFAULT_BATCH_MAX_BYTES: u64 = 512 * 1024;
-/// Four batches of 512 KiB bound what waits in memory to 2 MiB; the catch-up benchmark ships as
-/// fast with four as with eight, at 10 MiB less peak RSS (docs/performance.md).
-pub const DEFAULT_QUEUE_BATCHES: usize = 4;
+/// Two batches of 512 KiB bound what waits per sink to 1 MiB (each pins about twice that in read
+/// blocks). The catch-up benchmark ships within a tenth as fast with two as with eight, at a
+/// third less peak RSS (docs/performance.md).
+pub const DEFAULT_QUEUE_BATCHES: usize = 2;
 /// A crash re-sends at most about a second of acknowledged lines.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Below the DaemonSet's terminationGracePeriodSeconds (30) with room to write checkpoints.

@@ -9,6 +9,7 @@ pub mod discover;
 pub mod kube;
 pub mod metrics;
 pub mod pipeline;
+pub mod pool;
 pub mod record;
 pub mod sink;
 pub mod tail;

@@ -20,7 +20,6 @@ pub mod transport;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rand::Rng;
 use reqwest::header::HeaderMap;
 use tokio::sync::{Semaphore, mpsc};
@@ -28,9 +27,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Compression, SinkConfig, SinkType};
 use crate::metrics::{Metrics, RateLimited};
+use crate::pool::BufferPool;
 use crate::record::{Batch, Record};
 use format::{Encoder, Format, Outcome};
 use transport::{Answer, Transport, TransportError};
+
+/// A request body grown past this (a huge batch) is freed after its request, not kept.
+const MAX_POOLED_BODY: usize = 16 * 1024 * 1024;
 
 /// The longest wait loglet honours from a `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -92,6 +95,8 @@ pub fn start(
         encoder: Mutex::new(format.encoder()),
         format,
         transport,
+        // Each request in flight holds a body; one more is being encoded, with its copy.
+        bodies: BufferPool::new(cfg.request.concurrency + 2, MAX_POOLED_BODY),
         compression,
         initial_backoff: cfg.request.retry_initial_backoff.0,
         max_backoff: cfg.request.retry_max_backoff.0,
@@ -112,6 +117,8 @@ struct Shared {
     format: Arc<dyn Format>,
     encoder: Mutex<Box<dyn Encoder>>,
     transport: Transport,
+    /// Request bodies, raw and compressed, reused across requests.
+    bodies: Arc<BufferPool>,
     compression: Compression,
     initial_backoff: Duration,
     max_backoff: Duration,
@@ -176,20 +183,26 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
     let mut attempt: u32 = 0;
     let in_flight = m.sink_in_flight.with_label_values(&[sink]);
     while !todo.is_empty() {
-        let mut body = Vec::with_capacity(todo.iter().map(|r| r.line.len() + 256).sum());
+        let mut body = shared
+            .bodies
+            .take(todo.iter().map(|r| r.line.len() + 256).sum());
         shared
             .encoder
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .encode(&todo, &mut body);
         let raw_len = body.len();
-        let (body, encoding) = transport::compress(shared.compression, body);
+        let (body, encoding) = transport::compress(shared.compression, body, &shared.bodies);
         let sent_len = body.len();
         in_flight.inc();
         let started = Instant::now();
         let answer = shared
             .transport
-            .send(shared.format.content_type(), encoding, Bytes::from(body))
+            .send(
+                shared.format.content_type(),
+                encoding,
+                shared.bodies.freeze(body),
+            )
             .await;
         in_flight.dec();
         m.sink_latency
@@ -315,6 +328,7 @@ mod tests {
             format: Arc::new(json::NdjsonFormat),
             encoder: Mutex::new(json::NdjsonFormat.encoder()),
             transport: Transport::Stdout,
+            bodies: BufferPool::new(1, MAX_POOLED_BODY),
             compression: Compression::None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),

@@ -12,6 +12,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use crate::config::{AuthConfig, Compression, SinkConfig, TlsConfig};
+use crate::pool::BufferPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -308,33 +309,61 @@ fn classify(e: reqwest::Error) -> SendError {
     }
 }
 
-/// Compresses a body; returns it with its `Content-Encoding` (none for snappy, whose only user,
-/// Loki's protobuf push, expects a bare snappy block). Should compression fail (it cannot short of
-/// a bug), the body goes uncompressed rather than being lost.
-pub fn compress(c: Compression, body: Vec<u8>) -> (Vec<u8>, Option<&'static str>) {
-    let result = match c {
-        Compression::None => return (body, None),
+/// Compresses `body` into a buffer from `pool` (giving `body` back to it); returns what to send
+/// with its `Content-Encoding` (none for snappy, whose only user, Loki's protobuf push, expects a
+/// bare snappy block). Should compression fail (it cannot short of a bug), the body goes
+/// uncompressed rather than being lost.
+pub fn compress(
+    c: Compression,
+    body: Vec<u8>,
+    pool: &BufferPool,
+) -> (Vec<u8>, Option<&'static str>) {
+    if c == Compression::None {
+        return (body, None);
+    }
+    let out = pool.take(body.len() / 4);
+    match compress_into(c, &body, out) {
+        Ok((out, encoding)) => {
+            pool.give(body);
+            (out, encoding)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "failed to compress a request; sending it uncompressed");
+            (body, None)
+        }
+    }
+}
+
+fn compress_into(
+    c: Compression,
+    body: &[u8],
+    mut out: Vec<u8>,
+) -> std::io::Result<(Vec<u8>, Option<&'static str>)> {
+    match c {
+        Compression::None => {
+            out.extend_from_slice(body);
+            Ok((out, None))
+        }
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::default(),
-            );
-            enc.write_all(&body)
-                .and_then(|()| enc.finish())
-                .map(|b| (b, Some("gzip")))
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            enc.write_all(body)?;
+            Ok((enc.finish()?, Some("gzip")))
         }
         Compression::Zstd => {
-            zstd::bulk::compress(&body, zstd::DEFAULT_COMPRESSION_LEVEL).map(|b| (b, Some("zstd")))
+            out.reserve(zstd::zstd_safe::compress_bound(body.len()));
+            zstd::bulk::Compressor::new(zstd::DEFAULT_COMPRESSION_LEVEL)?
+                .compress_to_buffer(body, &mut out)?;
+            Ok((out, Some("zstd")))
         }
-        Compression::Snappy => snap::raw::Encoder::new()
-            .compress_vec(&body)
-            .map(|b| (b, None))
-            .map_err(std::io::Error::other),
-    };
-    result.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "failed to compress a request; sending it uncompressed");
-        (body, None)
-    })
+        Compression::Snappy => {
+            out.resize(snap::raw::max_compress_len(body.len()), 0);
+            let n = snap::raw::Encoder::new()
+                .compress(body, &mut out)
+                .map_err(std::io::Error::other)?;
+            out.truncate(n);
+            Ok((out, None))
+        }
+    }
 }
 
 /// RFC 4648 base64, for basic auth only (not worth a dependency).
@@ -385,6 +414,8 @@ mod tests {
     #[test]
     fn compression_round_trips_and_names_its_encoding() {
         let body = b"{\"message\":\"hello\"}\n".repeat(100);
+        let pool = BufferPool::new(4, 1 << 20);
+        let compress = |c, b| compress(c, b, &pool);
         let (gz, enc) = compress(Compression::Gzip, body.clone());
         assert_eq!(enc, Some("gzip"));
         let mut out = Vec::new();
@@ -398,6 +429,8 @@ mod tests {
         let (sn, enc) = compress(Compression::Snappy, body.clone());
         assert_eq!(enc, None);
         assert_eq!(snap::raw::Decoder::new().decompress_vec(&sn).unwrap(), body);
+        let (plain, enc) = compress(Compression::None, body.clone());
+        assert_eq!((plain, enc), (body, None));
     }
 
     #[test]
