@@ -33,6 +33,8 @@ use checkpoint::{Checkpoints, FileKey, Position, Update};
 const FINGERPRINT_BYTES: usize = 256;
 /// Room for the CRI or Docker framing around a line of `max_line_bytes`.
 const FRAMING_BYTES: usize = 4096;
+/// How often the file gauges (files watched and open, unread bytes) are published.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// FNV-1a, 64 bit: stable across Rust versions and platforms, since it is persisted.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -298,7 +300,7 @@ impl Tailer {
             self.expire(&mut out);
             if now >= next_stats {
                 self.publish_stats();
-                next_stats = now + Duration::from_secs(1);
+                next_stats = now + STATS_INTERVAL;
             }
             if !progressed {
                 if !self.pending.is_empty() && !self.send(&mut out) {
@@ -796,6 +798,11 @@ impl Tailer {
             return true;
         }
         match self.store.get(&f.found.pod_uid) {
+            // Until the first lists are done the Pod may be known before its Namespace: wait
+            // for that too (within the same bound), so the first lines carry its labels.
+            Some(_) if !self.store.is_synced() && f.first_seen.elapsed() < self.s.metadata_wait => {
+                false
+            }
             Some(meta) => {
                 f.meta_generation = generation;
                 f.meta_known = true;
@@ -1206,13 +1213,25 @@ impl Tailer {
         });
         for tx in &out.sinks {
             let mut stop = out.stop.clone();
-            let permit = out.runtime.block_on(async {
-                tokio::select! {
-                    biased;
-                    permit = tx.reserve() => permit.ok(),
-                    _ = stop.wait_for(|s| *s) => None,
+            // A full queue (a slow or failing backend) pauses reading here; the lag metrics
+            // keep moving meanwhile, since that is when they are looked at.
+            let permit = loop {
+                let waited = out.runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        permit = tx.reserve() => Some(permit.ok()),
+                        _ = stop.wait_for(|s| *s) => Some(None),
+                        () = tokio::time::sleep(STATS_INTERVAL) => None,
+                    }
+                });
+                match waited {
+                    Some(p) => break p,
+                    None => {
+                        self.refresh_sizes();
+                        self.publish_stats();
+                    }
                 }
-            });
+            };
             match permit {
                 Some(p) => p.send(batch.clone()),
                 // Stopping, or the sink is gone: this batch is never acknowledged, so its lines
@@ -1228,6 +1247,17 @@ impl Tailer {
                 .unwrap_or(0),
         );
         true
+    }
+
+    /// Sizes of the open files, for the lag metrics while reading is paused.
+    fn refresh_sizes(&mut self) {
+        for f in self.files.values_mut() {
+            if let Some(Handle::Plain(file)) = &f.handle
+                && let Ok(meta) = file.metadata()
+            {
+                f.size = meta.len();
+            }
+        }
     }
 
     fn publish_stats(&self) {

@@ -221,6 +221,11 @@ impl Backend {
         lock(&self.state.script).extend(answers);
     }
 
+    /// Forgets the answers not given yet: from now on, `Accept` (the end of an outage).
+    pub fn clear_script(&self) {
+        lock(&self.state.script).clear();
+    }
+
     /// A copy of what was received so far.
     pub fn received(&self) -> Received {
         lock(&self.state.received).clone()
