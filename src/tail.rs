@@ -207,8 +207,10 @@ pub struct Tailer {
     ready: HashSet<FileKey>,
     /// Positions from the checkpoint file not matched to a file yet.
     restored: HashMap<FileKey, Position>,
-    /// `.gz` files already looked at.
-    gz_seen: HashSet<FileKey>,
+    /// `.gz` files already looked at, with their first line's fingerprint.
+    gz_seen: HashMap<FileKey, Option<u64>>,
+    /// Files read to their end and gone, by fingerprint: their `.gz` copies are not read again.
+    shipped: HashMap<u64, FileKey>,
     container_ids: HashMap<String, String>,
     checkpoints: Arc<Checkpoints>,
     store: PodStore,
@@ -242,8 +244,17 @@ impl Tailer {
             files: HashMap::new(),
             order: Vec::new(),
             ready: HashSet::new(),
-            restored: restored.into_iter().map(|p| (p.key(), p)).collect(),
-            gz_seen: HashSet::new(),
+            shipped: restored
+                .iter()
+                .filter(|p| p.finished)
+                .map(|p| (p.fingerprint, p.key()))
+                .collect(),
+            restored: restored
+                .into_iter()
+                .filter(|p| !p.finished)
+                .map(|p| (p.key(), p))
+                .collect(),
+            gz_seen: HashMap::new(),
             container_ids: HashMap::new(),
             checkpoints,
             store,
@@ -432,7 +443,16 @@ impl Tailer {
         if let Some(n) = &mut self.notifier {
             n.forget_missing();
         }
+        let gz_present: HashSet<FileKey> = found
+            .iter()
+            .filter(|f| f.kind == FileKind::Gz)
+            .map(|f| FileKey {
+                dev: f.dev,
+                ino: f.ino,
+            })
+            .collect();
         self.apply_scan(found, |_| true);
+        self.prune_shipped(&gz_present);
     }
 
     /// Applies what a scan found: new and moved files, then files that went away (drained
@@ -646,15 +666,22 @@ impl Tailer {
         self.ready.insert(key);
     }
 
-    /// A `.gz` is read only when it holds the rest of a file loglet had not finished: its first
-    /// line's fingerprint matches a checkpoint or a file that went away unread.
+    /// A `.gz` is read unless what it holds was shipped from the file it was made of: from
+    /// where a checkpoint or a file that went away unread left off, from its start when loglet
+    /// never saw that file (rotated and compressed while loglet was down, before it was
+    /// checkpointed), and not at all when the file was read to its end or is still being read.
     fn on_found_gz(&mut self, found: Found, gz_key: FileKey) {
-        if !self.gz_seen.insert(gz_key) {
+        if self.gz_seen.contains_key(&gz_key) {
             return;
         }
-        let Some(fp) = read_gz_head(&found.path).as_deref().and_then(fingerprint) else {
+        let fp = read_gz_head(&found.path).as_deref().and_then(fingerprint);
+        self.gz_seen.insert(gz_key, fp);
+        let Some(fp) = fp else {
             return;
         };
+        if self.shipped.contains_key(&fp) {
+            return;
+        }
         let restored = self
             .restored
             .iter()
@@ -669,7 +696,12 @@ impl Tailer {
                     && matches!(f.life, Life::Gone { .. })
             })
             .map(|(k, f)| (*k, f.safe_offset()));
-        let Some((orig_key, offset)) = restored.or(unfinished) else {
+        let never_seen = || {
+            let tracked = self.files.values().any(|f| f.fingerprint == Some(fp));
+            let wanted = self.started || self.s.read_from == ReadFrom::Beginning;
+            (!tracked && wanted).then_some((gz_key, 0))
+        };
+        let Some((orig_key, offset)) = restored.or(unfinished).or_else(never_seen) else {
             return;
         };
         self.restored.remove(&orig_key);
@@ -742,24 +774,29 @@ impl Tailer {
             return false;
         }
         let mut progressed = false;
-        // A container's current file waits while an older file of the same container instance
-        // (rotated, compressed or deleted) still has lines: order is kept across rotation.
-        let draining: HashSet<(&str, u32)> = self
-            .files
-            .values()
-            .filter(|f| {
-                (f.found.kind != FileKind::Current || f.from_gz || f.life != Life::Present)
-                    && f.unread() > 0
-            })
-            .filter_map(|f| Some((container_dir(&f.found.host_path)?, f.found.restart)))
-            .collect();
+        // Of each container instance's files, only the oldest with lines left is read: order is
+        // kept across rotation, also when several rotated (or compressed) files wait, as after
+        // loglet was down through rotations.
+        let mut oldest: HashMap<(&str, u32), (bool, &str)> = HashMap::new();
+        for f in self.files.values().filter(|f| f.unread() > 0) {
+            let Some(dir) = container_dir(&f.found.host_path) else {
+                continue;
+            };
+            let age = rotation_age(&f.found.host_path);
+            oldest
+                .entry((dir, f.found.restart))
+                .and_modify(|o| *o = (*o).min(age))
+                .or_insert(age);
+        }
         let blocked: HashSet<FileKey> = self
             .files
             .values()
-            .filter(|f| f.found.kind == FileKind::Current && f.life == Life::Present && !f.from_gz)
             .filter(|f| {
-                container_dir(&f.found.host_path)
-                    .is_some_and(|d| draining.contains(&(d, f.found.restart)))
+                container_dir(&f.found.host_path).is_some_and(|d| {
+                    oldest
+                        .get(&(d, f.found.restart))
+                        .is_some_and(|o| *o < rotation_age(&f.found.host_path))
+                })
             })
             .map(|f| f.key)
             .collect();
@@ -984,6 +1021,7 @@ impl Tailer {
                     fingerprint: fp,
                     path: f.found.host_path.clone(),
                     offset: safe,
+                    finished: false,
                 };
                 self.pending.update(key, Update::Set(pos));
             }
@@ -1149,7 +1187,41 @@ impl Tailer {
         }
         self.order.retain(|k| *k != key);
         self.ready.remove(&key);
-        self.pending.update(key, Update::Forget(key));
+        let update = match f.fingerprint {
+            Some(fp) => {
+                self.shipped.insert(fp, key);
+                Update::Set(Position {
+                    dev: key.dev,
+                    ino: key.ino,
+                    fingerprint: fp,
+                    path: f.found.host_path.clone(),
+                    offset: f.offset,
+                    finished: true,
+                })
+            }
+            None => Update::Forget(key),
+        };
+        self.pending.update(key, update);
+    }
+
+    /// After a full scan: the marks of shipped files and the `.gz` files looked at are kept
+    /// only while such a `.gz` is still on disk, so both stay as small as the kubelet's
+    /// rotation keeps the directories.
+    fn prune_shipped(&mut self, gz_present: &HashSet<FileKey>) {
+        self.gz_seen.retain(|k, _| gz_present.contains(k));
+        let live: HashSet<u64> = self.gz_seen.values().flatten().copied().collect();
+        let gone: Vec<(u64, FileKey)> = self
+            .shipped
+            .iter()
+            .filter(|(fp, _)| !live.contains(fp))
+            .map(|(fp, k)| (*fp, *k))
+            .collect();
+        for (fp, key) in gone {
+            self.shipped.remove(&fp);
+            if !self.files.contains_key(&key) {
+                self.pending.update(key, Update::Forget(key));
+            }
+        }
     }
 
     /// Deleted files held open cost disk; past the cap, the oldest are let go and counted.
@@ -1281,6 +1353,14 @@ impl Tailer {
                 .sum::<u64>() as i64,
         );
     }
+}
+
+/// Orders a container instance's files oldest first: the rotated ones by the kubelet's
+/// timestamp suffix (`0.log.20261122-101500`, with or without `.gz`), the current `0.log` last.
+fn rotation_age(host_path: &str) -> (bool, &str) {
+    let name = host_path.rsplit_once('/').map_or(host_path, |(_, n)| n);
+    let suffix = name.split_once(".log").map_or("", |(_, rest)| rest);
+    (suffix.is_empty(), suffix)
 }
 
 /// The container directory part of a log file's host path.

@@ -37,6 +37,11 @@ pub struct Position {
     pub path: String,
     /// Everything before this offset was delivered.
     pub offset: u64,
+    /// The file was read to its end and is gone (the kubelet compressed or deleted it). Kept so
+    /// that its `.gz` copy is known as shipped and not read again; dropped when no `.gz` of it
+    /// is left. Absent (false) in files written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
 }
 
 impl Position {
@@ -339,6 +344,7 @@ mod tests {
             fingerprint: 0xabc,
             path: format!("/f{ino}"),
             offset,
+            finished: false,
         })
     }
 
