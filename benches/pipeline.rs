@@ -18,6 +18,8 @@
 
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
+#[path = "../tests/common/node.rs"]
+mod node;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -132,36 +134,6 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Go's RFC3339Nano in UTC, as containerd writes it (fraction trimmed).
-fn rfc3339(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // civil_from_days (Howard Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut s = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
-    if nanos != 0 {
-        let f = format!(".{nanos:09}");
-        s.push_str(f.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
-
 /// The content of line `seq` (what the receiver must see whole): `seq=<n>;` first, `;eol`
 /// last, a JSON or plain-text body of about 238 bytes in all once framed, one in 2000 over
 /// 16 KiB. `t` is the write time, for the steady scenario's lag.
@@ -193,7 +165,7 @@ fn content(seq: u64, t: i64, out: &mut Vec<u8>) {
 
 /// Appends one CRI line (split into `P` chunks past 16 KiB) to `w`; returns the bytes written.
 fn write_cri(w: &mut impl Write, t: i64, body: &[u8]) -> u64 {
-    let ts = rfc3339(t);
+    let ts = node::rfc3339_nano(t);
     let mut written = 0;
     let mut chunks = body.chunks(CRI_SPLIT).peekable();
     while let Some(chunk) = chunks.next() {

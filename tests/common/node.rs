@@ -112,16 +112,7 @@ impl Container {
         self.clock += 1;
         let base: i64 = 1_795_000_000; // 2026-11-18
         let ns = base * 1_000_000_000 + (self.clock as i64) * 1_000_100;
-        let secs = ns / 1_000_000_000;
-        let frac = ns % 1_000_000_000;
-        let mut t = format_utc(secs);
-        if frac != 0 {
-            let f = format!("{frac:09}");
-            t.push('.');
-            t.push_str(f.trim_end_matches('0'));
-        }
-        t.push('Z');
-        (t, ns)
+        (rfc3339_nano(ns), ns)
     }
 
     /// Writes raw bytes to the current file.
@@ -219,6 +210,20 @@ pub fn hex64(seed: &str) -> String {
     }
     out.truncate(64);
     out
+}
+
+/// Go's RFC3339Nano in UTC, as containerd writes it: the fraction's trailing zeros trimmed.
+pub fn rfc3339_nano(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let mut t = format_utc(secs);
+    if frac != 0 {
+        let f = format!("{frac:09}");
+        t.push('.');
+        t.push_str(f.trim_end_matches('0'));
+    }
+    t.push('Z');
+    t
 }
 
 fn format_utc(secs: i64) -> String {
