@@ -112,6 +112,9 @@ pub struct Decoded {
     pub stream: Stream,
     /// Bits from [`crate::record::flags`].
     pub flags: u8,
+    /// File offset of the line's first byte (of its first chunk, for a merged line): a
+    /// checkpoint must not pass it while a later stage (multiline joining) still holds the line.
+    pub start: u64,
 }
 
 /// What the decoder counted since the last [`Decoder::take_stats`]. Each count is of lines out,
@@ -254,7 +257,7 @@ impl Decoder {
                         c.stream, c.time_ns, c.partial, content, start, truncated, clock, out,
                     );
                 }
-                Err(reason) => self.malformed(line, reason, truncated, clock, out),
+                Err(reason) => self.malformed(line, reason, start, truncated, clock, out),
             },
             FileFormat::Docker => {
                 let mut scratch = std::mem::take(&mut self.scratch);
@@ -268,13 +271,13 @@ impl Decoder {
                             d.stream, d.time_ns, d.partial, content, start, truncated, clock, out,
                         );
                     }
-                    Err(reason) => self.malformed(line, reason, truncated, clock, out),
+                    Err(reason) => self.malformed(line, reason, start, truncated, clock, out),
                 }
                 self.scratch = scratch;
             }
             FileFormat::Plain => {
                 let text = Text::Shared(line);
-                self.complete(text, clock.wall_ns, Stream::Stdout, truncated, out);
+                self.complete(text, clock.wall_ns, Stream::Stdout, start, truncated, out);
             }
         }
     }
@@ -347,7 +350,9 @@ impl Decoder {
         let max = self.opts.max_line_bytes;
         let state = &mut self.partials[slot(stream)];
         match (std::mem::take(state), partial) {
-            (Partial::Idle, false) => self.complete(content, time_ns, stream, truncated, out),
+            (Partial::Idle, false) => {
+                self.complete(content, time_ns, stream, start, truncated, out)
+            }
             (Partial::Idle, true) => {
                 let chunk = content.as_slice();
                 // A partial chunk is followed by at least one more: room for two saves a copy.
@@ -387,7 +392,7 @@ impl Decoder {
                 if a.truncated {
                     flags |= flags::TRUNCATED;
                 }
-                self.emit(Bytes::from(a.buf), a.time_ns, stream, flags, out);
+                self.emit(Bytes::from(a.buf), a.time_ns, stream, flags, a.start, out);
             }
             (Partial::Discarding, true) => *state = Partial::Discarding,
             (Partial::Discarding, false) => {}
@@ -400,6 +405,7 @@ impl Decoder {
         text: Text<'_>,
         time_ns: i64,
         stream: Stream,
+        start: u64,
         truncated: bool,
         out: &mut Vec<Decoded>,
     ) {
@@ -420,7 +426,7 @@ impl Decoder {
             Text::Shared(b) => b.slice(..len),
             Text::Borrowed(s) => Bytes::copy_from_slice(&s[..len]),
         };
-        self.emit(line, time_ns, stream, flags, out);
+        self.emit(line, time_ns, stream, flags, start, out);
     }
 
     /// A line that does not parse: passed on whole (within the cap), as stdout at the wall time.
@@ -428,6 +434,7 @@ impl Decoder {
         &mut self,
         line: Bytes,
         reason: Malformed,
+        start: u64,
         truncated: bool,
         clock: &Clock,
         out: &mut Vec<Decoded>,
@@ -447,7 +454,14 @@ impl Decoder {
                 line: line.slice(..cut_point(&line, MALFORMED_SAMPLE_BYTES.min(len))),
             });
         }
-        self.emit(line.slice(..len), clock.wall_ns, Stream::Stdout, flags, out);
+        self.emit(
+            line.slice(..len),
+            clock.wall_ns,
+            Stream::Stdout,
+            flags,
+            start,
+            out,
+        );
     }
 
     /// Sends a stream's partial line as it is, without its final chunk.
@@ -464,7 +478,7 @@ impl Decoder {
             flags |= flags::TRUNCATED;
             *state = Partial::Discarding;
         }
-        self.emit(Bytes::from(a.buf), a.time_ns, stream, flags, out);
+        self.emit(Bytes::from(a.buf), a.time_ns, stream, flags, a.start, out);
     }
 
     fn emit(
@@ -473,6 +487,7 @@ impl Decoder {
         time_ns: i64,
         stream: Stream,
         flags: u8,
+        start: u64,
         out: &mut Vec<Decoded>,
     ) {
         let s = &mut self.stats;
@@ -485,6 +500,7 @@ impl Decoder {
             time_ns,
             stream,
             flags,
+            start,
         });
     }
 }

@@ -68,7 +68,16 @@ impl Feed {
         self.push_at(line, 0, false)
     }
 
+    /// The records out so far, with `start` zeroed (tests of offsets use `take_with_starts`).
     fn take(&mut self) -> Vec<Decoded> {
+        let mut out = self.take_with_starts();
+        for d in &mut out {
+            d.start = 0;
+        }
+        out
+    }
+
+    fn take_with_starts(&mut self) -> Vec<Decoded> {
         std::mem::take(&mut self.out)
     }
 }
@@ -79,6 +88,7 @@ fn decoded(line: &[u8], time_ns: i64, stream: Stream, flags: u8) -> Decoded {
         time_ns,
         stream,
         flags,
+        start: 0,
     }
 }
 
@@ -883,4 +893,31 @@ proptest! {
         let want = decoded(&content[..len.min(max)], T0, Stream::Stdout, flags);
         prop_assert_eq!(feed.take(), vec![want]);
     }
+}
+
+#[test]
+fn records_carry_the_offset_of_their_first_byte() {
+    let mut f = Feed::new(FileFormat::Cri, 1024);
+    let a = f.push("2024-05-01T10:00:00.000000001Z stdout F one");
+    let b = f.push("2024-05-01T10:00:00.000000002Z stderr P two-");
+    f.push("2024-05-01T10:00:00.000000003Z stdout F three");
+    f.push("2024-05-01T10:00:00.000000004Z stderr F end");
+    let c = f.push("not cri at all");
+    let starts: Vec<(String, u64)> = f
+        .take_with_starts()
+        .into_iter()
+        .map(|d| (String::from_utf8_lossy(&d.line).into_owned(), d.start))
+        .collect();
+    let three = a
+        + "2024-05-01T10:00:00.000000001Z stdout F one\n".len() as u64
+        + "2024-05-01T10:00:00.000000002Z stderr P two-\n".len() as u64;
+    assert_eq!(
+        starts,
+        [
+            ("one".to_string(), a),
+            ("three".to_string(), three),
+            ("two-end".to_string(), b),
+            ("not cri at all".to_string(), c),
+        ]
+    );
 }
