@@ -51,6 +51,7 @@ fn source(i: usize) -> Arc<Source> {
         container_id: Some(format!("{:064x}", i + 1)),
         restart_count: Some(0),
         pod_meta: Some(Arc::new(meta)),
+        routing: Default::default(),
     })
 }
 

@@ -38,7 +38,82 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// Named routes: which sinks a Pod's lines go to, with what tenant, index and processing.
+    /// Absent: one route, `default`, to every sink.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
+
+/// One route: the sinks it sends to and what a namespace on it may choose (docs/annotations.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Names from `sinks`.
+    pub sinks: Vec<String>,
+    /// The Loki tenant (`X-Scope-OrgID`), a template such as `{namespace}`; default: the sink's
+    /// `loki.tenant`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The tenants `loglet.io/tenant` may choose, as templates (`team-{namespace_label:team}`).
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// The Elasticsearch index and Splunk HEC index, a template such as
+    /// `logs-{namespace}-%Y.%m.%d`; default: the sink's own.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// The indices `loglet.io/index` may choose: templates, where a final `*` matches any rest
+    /// (`logs-{namespace}-*`).
+    #[serde(default)]
+    pub allowed_indices: Vec<String>,
+    /// `json` or `logfmt`: lift the fields of each line into the record.
+    #[serde(default)]
+    pub parser: Option<String>,
+    /// Multiline rule applied to every container on the route: `java`, `python`, `go`, `node`
+    /// or `regex:<start pattern>`.
+    #[serde(default)]
+    pub multiline: Option<String>,
+}
+
+/// How routes are chosen, and the limits every namespace shares.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The route of namespaces that choose none.
+    pub default_route: String,
+    /// The route of namespaces that name a route the config does not have (default:
+    /// `default_route`).
+    pub unknown_route: Option<String>,
+    /// The most a namespace may ship per second; `loglet.io/rate-limit-*` may only lower it.
+    pub namespace_rate_limit: RateLimitConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_route: DEFAULT_ROUTE.to_string(),
+            unknown_route: None,
+            namespace_rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// The route the config has when it names none, and the default `routing.default_route`.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// A token bucket per namespace: lines and bytes per second, with a burst of `burst` seconds'
+/// worth. Unset rates do not limit.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub lines_per_second: Option<u64>,
+    pub bytes_per_second: Option<ByteSize>,
+    pub burst: Option<Dur>,
+}
+
+/// Two seconds' worth: absorbs a short spike (a stack trace, a restart's banner) without drops.
+pub const DEFAULT_RATE_BURST: Duration = Duration::from_secs(2);
 
 fn default_root() -> PathBuf {
     PathBuf::from("/")
@@ -693,6 +768,7 @@ impl Config {
             sink.problems(&format!("sinks.{name}"), &mut p);
         }
         self.kubernetes.problems("kubernetes", &mut p);
+        crate::route::config_problems(self, &mut p);
         p
     }
 

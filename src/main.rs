@@ -49,8 +49,8 @@ fn main() -> ExitCode {
             },
             Err(e) => fail(&e.into()),
         },
-        Command::Run { config, root } => {
-            let loaded = match &config {
+        Command::Run { config: path, root } => {
+            let loaded = match &path {
                 Some(path) => Config::load(path),
                 None => Ok(Config::embedded_default()),
             };
@@ -58,11 +58,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e.into()),
             };
-            if let Some(root) = root {
-                config.root = root;
+            if let Some(root) = &root {
+                config.root = root.clone();
             }
             init_logging(&config);
-            match loglet::pipeline::run(config) {
+            let source = path.map(|path| loglet::pipeline::ConfigSource { path, root });
+            match loglet::pipeline::run(config, source) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }

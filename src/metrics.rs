@@ -72,6 +72,19 @@ pub struct Metrics {
     /// Files whose lines went out with file-name metadata only, after waiting for the watcher.
     pub metadata_missing: IntCounter,
 
+    // route
+    /// Bad `loglet.io/` annotations, reported once per Pod (or Namespace) and value.
+    pub annotation_errors: IntCounterVec,
+    /// Records handed to the sinks, by route.
+    pub route_records: IntCounterVec,
+    /// Records not shipped on purpose, by `reason` (excluded, rate_limited).
+    pub records_discarded: IntCounterVec,
+    /// Records dropped by a namespace's rate limit, by namespace (bounded by the namespaces on
+    /// the node).
+    pub rate_limited_records: IntCounterVec,
+    /// Config file changes, by `result` (applied, invalid).
+    pub config_reloads: IntCounterVec,
+
     pub build_info: IntGaugeVec,
     pub up_since: prometheus::Gauge,
 
@@ -293,6 +306,36 @@ impl Metrics {
                 &r,
                 "loglet_metadata_missing_total",
                 "Files whose Pod was not known after the metadata wait: their lines carry only what the path tells",
+            ),
+            annotation_errors: counter_vec(
+                &r,
+                "loglet_annotation_errors_total",
+                "Bad loglet.io/ annotation values, counted once per Pod or Namespace and value; the Pod falls back",
+                &["annotation"],
+            ),
+            route_records: counter_vec(
+                &r,
+                "loglet_route_records_total",
+                "Records handed to the sinks, by route",
+                &["route"],
+            ),
+            records_discarded: counter_vec(
+                &r,
+                "loglet_records_discarded_total",
+                "Records read but not shipped on purpose: excluded by annotation, or over a namespace's rate limit",
+                &["reason"],
+            ),
+            rate_limited_records: counter_vec(
+                &r,
+                "loglet_rate_limited_records_total",
+                "Records dropped by a namespace's rate limit, by namespace",
+                &["namespace"],
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "loglet_config_reloads_total",
+                "Changes of the config file: applied, or invalid and ignored (the running config stays)",
+                &["result"],
             ),
             build_info: gauge_vec(
                 &r,

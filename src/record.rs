@@ -76,6 +76,8 @@ pub struct Source {
     pub restart_count: Option<u32>,
     /// What the Kubernetes API told about the Pod; `None` when only the path is known.
     pub pod_meta: Option<Arc<PodMeta>>,
+    /// Where the container's lines go, decided from the routes and annotations.
+    pub routing: Arc<crate::route::Decision>,
 }
 
 static NEXT_SOURCE_ID: AtomicU64 = AtomicU64::new(1);

@@ -47,9 +47,10 @@ pub enum StartError {
     Transport(#[from] TransportError),
 }
 
-/// The wire format of a sink type.
+/// The wire format of a sink type, for sink number `index` of the config.
 fn format_for(
     name: &str,
+    index: usize,
     cfg: &SinkConfig,
     node_name: Option<&str>,
     metrics: &Metrics,
@@ -57,11 +58,13 @@ fn format_for(
     Ok(match cfg.kind {
         SinkType::Stdout | SinkType::Http => Arc::new(json::NdjsonFormat),
         SinkType::Loki => Arc::new(loki::LokiFormat::new(name, cfg, node_name, metrics)?),
-        SinkType::Elasticsearch => Arc::new(elasticsearch::ElasticsearchFormat::new(
-            name, cfg, node_name,
-        )?),
+        SinkType::Elasticsearch => {
+            Arc::new(elasticsearch::ElasticsearchFormat::new(name, cfg, node_name)?.for_sink(index))
+        }
         SinkType::Otlp => Arc::new(otlp::OtlpFormat::new(name, cfg, node_name)?),
-        SinkType::SplunkHec => Arc::new(splunk_hec::SplunkHecFormat::new(name, cfg, node_name)?),
+        SinkType::SplunkHec => {
+            Arc::new(splunk_hec::SplunkHecFormat::new(name, cfg, node_name)?.for_sink(index))
+        }
     })
 }
 
@@ -75,12 +78,13 @@ pub struct Sink {
 /// Starts a sink on the current tokio runtime.
 pub fn start(
     name: &str,
+    index: usize,
     cfg: &SinkConfig,
     node_name: Option<&str>,
     queue_batches: usize,
     metrics: Arc<Metrics>,
 ) -> Result<Sink, StartError> {
-    let format = format_for(name, cfg, node_name, &metrics)?;
+    let format = format_for(name, index, cfg, node_name, &metrics)?;
     let mut headers = HeaderMap::new();
     format.headers(&mut headers);
     let transport = Transport::new(cfg, headers, format.path())?;
@@ -92,6 +96,8 @@ pub fn start(
     let (tx, rx) = mpsc::channel(queue_batches);
     let shared = Arc::new(Shared {
         name: name.to_string(),
+        index,
+        tenant_header: format.tenant_header(),
         encoder: Mutex::new(format.encoder()),
         format,
         transport,
@@ -114,6 +120,10 @@ pub fn start(
 /// What every request of a sink shares.
 struct Shared {
     name: String,
+    /// This sink's place in the config (its bit in a record's routing).
+    index: usize,
+    /// The header that carries a route's tenant, for formats that have one.
+    tenant_header: Option<reqwest::header::HeaderName>,
     format: Arc<dyn Format>,
     encoder: Mutex<Box<dyn Encoder>>,
     transport: Transport,
@@ -175,11 +185,51 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, cfg: S
 }
 
 /// Sends one request's batches until the backend has taken or refused every record, then
-/// acknowledges them.
+/// acknowledges them. Records of different tenants (routes may set Loki's `X-Scope-OrgID`)
+/// go in separate requests, one tenant after the other.
 async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
+    let records = batches.iter().flat_map(|b| b.records.iter());
+    let tenant = |r: &Record| -> Option<Arc<str>> {
+        shared.tenant_header.as_ref()?;
+        r.source.routing.target(shared.index)?.tenant.clone()
+    };
+    let mut groups: Vec<(Option<Arc<str>>, Vec<&Record>)> = Vec::new();
+    for r in records {
+        let t = tenant(r);
+        match groups.iter_mut().find(|(g, _)| *g == t) {
+            Some((_, list)) => list.push(r),
+            None => groups.push((t, vec![r])),
+        }
+    }
+    for (tenant, todo) in groups {
+        deliver_group(shared, todo, tenant.as_deref()).await;
+    }
+    for b in &batches {
+        b.ack.done();
+    }
+}
+
+/// Sends records of one tenant until the backend has taken or refused every one.
+async fn deliver_group(shared: &Shared, mut todo: Vec<&Record>, tenant: Option<&str>) {
     let sink = shared.name.as_str();
     let m = &shared.metrics;
-    let mut todo: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
+    let tenant = tenant.and_then(|t| {
+        let name = shared.tenant_header.clone()?;
+        match reqwest::header::HeaderValue::from_str(t) {
+            Ok(v) => Some((name, v)),
+            Err(_) => {
+                shared.warn.warn(|suppressed| {
+                    tracing::warn!(
+                        sink,
+                        tenant = t,
+                        suppressed,
+                        "tenant is not a valid header value; sending with the sink's own tenant"
+                    )
+                });
+                None
+            }
+        }
+    });
     let mut attempt: u32 = 0;
     let in_flight = m.sink_in_flight.with_label_values(&[sink]);
     while !todo.is_empty() {
@@ -201,6 +251,7 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
             .send(
                 shared.format.content_type(),
                 encoding,
+                tenant.as_ref(),
                 shared.bodies.freeze(body),
             )
             .await;
@@ -294,9 +345,6 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
             }
         }
     }
-    for b in &batches {
-        b.ack.done();
-    }
 }
 
 impl Shared {
@@ -325,6 +373,8 @@ mod tests {
     fn backoff_grows_with_jitter_and_honours_retry_after() {
         let shared = Shared {
             name: "t".into(),
+            index: 0,
+            tenant_header: None,
             format: Arc::new(json::NdjsonFormat),
             encoder: Mutex::new(json::NdjsonFormat.encoder()),
             transport: Transport::Stdout,

@@ -27,6 +27,7 @@ use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyE
 use crate::kube::PodStore;
 use crate::metrics::{Metrics, RateLimited};
 use crate::record::{Batch, Record, Source};
+use crate::route::{MAX_SINKS, Rate, Routes};
 use checkpoint::{Checkpoints, FileKey, Position, Update};
 
 /// The first line (at most this many bytes) identifies a file's content.
@@ -133,6 +134,8 @@ pub struct TailSettings {
     pub batch_max_bytes: usize,
     /// How long the lines of a Pod the watcher has not reported yet wait for its metadata.
     pub metadata_wait: Duration,
+    /// Where each container's lines go.
+    pub routes: Arc<Routes>,
 }
 
 impl TailSettings {
@@ -140,6 +143,7 @@ impl TailSettings {
         config: &Config,
         self_pod_uid: Option<String>,
         metadata_wait: Duration,
+        routes: Arc<Routes>,
     ) -> Self {
         let logs = &config.logs;
         TailSettings {
@@ -161,6 +165,7 @@ impl TailSettings {
             batch_max_records: config.pipeline.batch_max_records,
             batch_max_bytes: config.pipeline.batch_max_bytes.as_usize(),
             metadata_wait,
+            routes,
         }
     }
 }
@@ -228,6 +233,9 @@ pub struct Tailer {
     decoded: Vec<Decoded>,
     started: bool,
     malformed_warn: RateLimited,
+    /// Token buckets of the namespaces with a rate limit.
+    buckets: HashMap<String, Bucket>,
+    rate_warn: RateLimited,
 }
 
 impl Tailer {
@@ -269,6 +277,8 @@ impl Tailer {
             decoded: Vec::new(),
             started: false,
             malformed_warn: RateLimited::new(Duration::from_secs(10)),
+            buckets: HashMap::new(),
+            rate_warn: RateLimited::new(Duration::from_secs(10)),
         }
     }
 
@@ -547,6 +557,24 @@ impl Tailer {
         self.container_ids.get(&current).cloned()
     }
 
+    /// A file's source from what its path tells, before the watcher reports its Pod.
+    fn path_source(&self, found: &Found) -> Arc<Source> {
+        let mut source = Source {
+            id: Source::next_id(),
+            path: found.host_path.clone(),
+            namespace: found.namespace.clone(),
+            pod: found.pod.clone(),
+            pod_uid: found.pod_uid.clone(),
+            container: found.container.clone(),
+            container_id: self.link_container_id(found),
+            restart_count: Some(found.restart),
+            pod_meta: None,
+            routing: Arc::default(),
+        };
+        source.routing = Arc::new(self.s.routes.decide(&source));
+        Arc::new(source)
+    }
+
     fn on_found(&mut self, found: Found) {
         let key = FileKey {
             dev: found.dev,
@@ -627,18 +655,7 @@ impl Tailer {
             }
         }
         self.metrics.files_discovered.inc();
-        let container_id = self.link_container_id(&found);
-        let source = Arc::new(Source {
-            id: Source::next_id(),
-            path: found.host_path.clone(),
-            namespace: found.namespace.clone(),
-            pod: found.pod.clone(),
-            pod_uid: found.pod_uid.clone(),
-            container: found.container.clone(),
-            container_id,
-            restart_count: Some(found.restart),
-            pod_meta: None,
-        });
+        let source = self.path_source(&found);
         let f = TailFile {
             key,
             fingerprint: fp,
@@ -722,17 +739,7 @@ impl Tailer {
         self.by_dir = None;
         self.order.retain(|k| *k != orig_key);
         let now = Instant::now();
-        let source = Arc::new(Source {
-            id: Source::next_id(),
-            path: found.host_path.clone(),
-            namespace: found.namespace.clone(),
-            pod: found.pod.clone(),
-            pod_uid: found.pod_uid.clone(),
-            container: found.container.clone(),
-            container_id: self.link_container_id(&found),
-            restart_count: Some(found.restart),
-            pod_meta: None,
-        });
+        let source = self.path_source(&found);
         self.open_files += 1;
         let f = TailFile {
             key: orig_key,
@@ -855,6 +862,10 @@ impl Tailer {
                             .and_then(|c| c.container_id.clone());
                     }
                     src.pod_meta = Some(meta);
+                    let routing = self.s.routes.decide(&src);
+                    if routing != *src.routing {
+                        src.routing = Arc::new(routing);
+                    }
                     f.source = Arc::new(src);
                 }
                 true
@@ -1001,15 +1012,61 @@ impl Tailer {
             self.metrics.partial_merged.inc_by(st.merged);
             self.metrics.partial_flushed.inc_by(st.flushed);
         }
-        for d in self.decoded.drain(..) {
-            self.pending.bytes += d.line.len();
-            self.pending.records.push(Record {
-                line: d.line,
-                time_ns: d.time_ns,
-                stream: d.stream,
-                flags: d.flags,
-                source: f.source.clone(),
+        let routing = &f.source.routing;
+        if routing.excluded {
+            if !self.decoded.is_empty() {
+                self.metrics
+                    .records_discarded
+                    .with_label_values(&["excluded"])
+                    .inc_by(self.decoded.len() as u64);
+                self.decoded.clear();
+            }
+        } else if !self.decoded.is_empty() {
+            let mut bucket = routing.rate.map(|rate| {
+                let ns = f.source.namespace.as_str();
+                if !self.buckets.contains_key(ns) {
+                    self.buckets.insert(ns.to_string(), Bucket::new(rate));
+                }
+                let b = self.buckets.get_mut(ns).expect("just inserted");
+                b.set_rate(rate);
+                b
             });
+            let now = Instant::now();
+            let (mut shipped, mut limited) = (0u64, 0u64);
+            for d in self.decoded.drain(..) {
+                if let Some(b) = bucket.as_mut()
+                    && !b.take(d.line.len(), now)
+                {
+                    limited += 1;
+                    continue;
+                }
+                shipped += 1;
+                self.pending.bytes += d.line.len();
+                self.pending.records.push(Record {
+                    line: d.line,
+                    time_ns: d.time_ns,
+                    stream: d.stream,
+                    flags: d.flags,
+                    source: f.source.clone(),
+                });
+            }
+            self.metrics
+                .route_records
+                .with_label_values(&[&routing.route])
+                .inc_by(shipped);
+            if limited > 0 {
+                let m = &self.metrics;
+                m.records_discarded
+                    .with_label_values(&["rate_limited"])
+                    .inc_by(limited);
+                m.rate_limited_records
+                    .with_label_values(&[&f.source.namespace])
+                    .inc_by(limited);
+                let ns = &f.source.namespace;
+                self.rate_warn.warn(|suppressed| {
+                    tracing::warn!(namespace = %ns, dropped = limited, suppressed, "namespace over its rate limit; lines dropped")
+                });
+            }
         }
         let safe = f.safe_offset();
         if safe != f.acked_to {
@@ -1274,16 +1331,37 @@ impl Tailer {
     fn send(&mut self, out: &mut Outputs) -> bool {
         let pending = std::mem::take(&mut self.pending);
         let records = pending.records.len();
-        let sinks = if records == 0 { 0 } else { out.sinks.len() };
-        let ack = self.checkpoints.register(pending.updates, records, sinks);
-        if records == 0 {
-            return true;
+        let groups = fan_out(pending.records, out.sinks.len());
+        let receivers = groups.iter().map(|(sinks, _)| sinks.len()).sum();
+        let ack = self
+            .checkpoints
+            .register(pending.updates, records, receivers);
+        for (sinks, records) in groups {
+            let batch = Arc::new(Batch {
+                records,
+                ack: ack.clone(),
+            });
+            for &sink in &sinks {
+                if !self.hand_over(out, sink, batch.clone()) {
+                    return false;
+                }
+            }
         }
-        let batch = Arc::new(Batch {
-            records: pending.records,
-            ack,
-        });
-        for tx in &out.sinks {
+        self.metrics.batches_queued.set(
+            out.sinks
+                .iter()
+                .map(|tx| (tx.max_capacity() - tx.capacity()) as i64)
+                .max()
+                .unwrap_or(0),
+        );
+        true
+    }
+
+    /// Puts a batch on one sink's queue, waiting while it is full. Returns false when loglet is
+    /// stopping or the sink is gone.
+    fn hand_over(&mut self, out: &Outputs, sink: usize, batch: Arc<Batch>) -> bool {
+        let tx = &out.sinks[sink];
+        {
             let mut stop = out.stop.clone();
             // A full queue (a slow or failing backend) pauses reading here; the lag metrics
             // keep moving meanwhile, since that is when they are looked at.
@@ -1305,20 +1383,15 @@ impl Tailer {
                 }
             };
             match permit {
-                Some(p) => p.send(batch.clone()),
+                Some(p) => {
+                    p.send(batch);
+                    true
+                }
                 // Stopping, or the sink is gone: this batch is never acknowledged, so its lines
                 // are read again after a restart.
-                None => return false,
+                None => false,
             }
         }
-        self.metrics.batches_queued.set(
-            out.sinks
-                .iter()
-                .map(|tx| (tx.max_capacity() - tx.capacity()) as i64)
-                .max()
-                .unwrap_or(0),
-        );
-        true
     }
 
     /// Sizes of the open files, for the lag metrics while reading is paused.
@@ -1355,6 +1428,84 @@ impl Tailer {
     }
 }
 
+/// Splits a batch by sink into groups of `(sinks, records)`, each sent once to each of its
+/// sinks. When every record goes to the same sinks (one route, the usual case) there is one
+/// group and nothing is copied.
+fn fan_out(records: Vec<Record>, sinks: usize) -> Vec<(Vec<usize>, Vec<Record>)> {
+    if records.is_empty() {
+        return Vec::new();
+    }
+    let (any, all) = records.iter().fold((0u64, u64::MAX), |(any, all), r| {
+        (any | r.source.routing.sinks, all & r.source.routing.sinks)
+    });
+    let receiving = (0..sinks.min(MAX_SINKS)).filter(|&i| any & (1 << i) != 0);
+    if any == all {
+        return vec![(receiving.collect(), records)];
+    }
+    receiving
+        .map(|i| {
+            let part: Vec<Record> = records
+                .iter()
+                .filter(|r| r.source.routing.sends_to(i))
+                .cloned()
+                .collect();
+            (vec![i], part)
+        })
+        .collect()
+}
+
+/// A namespace's token bucket: lines and bytes per second, up to `burst` seconds' worth saved.
+struct Bucket {
+    rate: Rate,
+    lines: f64,
+    bytes: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        let burst = rate.burst.as_secs_f64();
+        Bucket {
+            rate,
+            lines: rate.lines_per_second.map_or(0.0, |l| l as f64 * burst),
+            bytes: rate.bytes_per_second.map_or(0.0, |b| b as f64 * burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn set_rate(&mut self, rate: Rate) {
+        if rate != self.rate {
+            *self = Bucket::new(rate);
+        }
+    }
+
+    /// Takes one line of `len` bytes if both buckets hold enough.
+    fn take(&mut self, len: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let burst = self.rate.burst.as_secs_f64();
+        let refill = |tokens: &mut f64, per_second: Option<u64>| {
+            if let Some(r) = per_second {
+                *tokens = (*tokens + elapsed * r as f64).min(r as f64 * burst);
+            }
+        };
+        refill(&mut self.lines, self.rate.lines_per_second);
+        refill(&mut self.bytes, self.rate.bytes_per_second);
+        let lines = self.rate.lines_per_second.is_some();
+        let bytes = self.rate.bytes_per_second.is_some();
+        if (lines && self.lines < 1.0) || (bytes && self.bytes < len as f64) {
+            return false;
+        }
+        if lines {
+            self.lines -= 1.0;
+        }
+        if bytes {
+            self.bytes -= len as f64;
+        }
+        true
+    }
+}
+
 /// Orders a container instance's files oldest first: the rotated ones by the kubelet's
 /// timestamp suffix (`0.log.20261122-101500`, with or without `.gz`), the current `0.log` last.
 fn rotation_age(host_path: &str) -> (bool, &str) {
@@ -1379,6 +1530,7 @@ fn clone_source(s: &Source) -> Source {
         container_id: s.container_id.clone(),
         restart_count: s.restart_count,
         pod_meta: s.pod_meta.clone(),
+        routing: s.routing.clone(),
     }
 }
 

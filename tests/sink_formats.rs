@@ -53,6 +53,7 @@ fn web_source(pod: &str, uid: &str) -> Arc<Source> {
         container_id: None,
         restart_count: Some(1),
         pod_meta: Some(Arc::new(meta)),
+        routing: Default::default(),
     })
 }
 
@@ -67,6 +68,7 @@ fn bare_source() -> Arc<Source> {
         container_id: None,
         restart_count: Some(0),
         pod_meta: None,
+        routing: Default::default(),
     })
 }
 

@@ -22,6 +22,7 @@ use loglet::config::Config;
 use loglet::kube::PodStore;
 use loglet::metrics::Metrics;
 use loglet::record::Batch;
+use loglet::route::Routes;
 use loglet::tail::checkpoint::Checkpoints;
 use loglet::tail::{Outputs, TailSettings, Tailer};
 use node::{Container, Node};
@@ -174,7 +175,12 @@ impl World {
             runtime: self.rt.handle().clone(),
         };
         let tailer = Tailer::new(
-            TailSettings::from_config(&config, None, Duration::ZERO),
+            TailSettings::from_config(
+                &config,
+                None,
+                Duration::ZERO,
+                Arc::new(Routes::new(&config, None, metrics.clone())),
+            ),
             restored,
             checkpoints.clone(),
             PodStore::disabled(),

@@ -37,6 +37,8 @@ struct Settings {
     type_name: bool,
     replace_dots: bool,
     node: Option<String>,
+    /// This sink's place in the config, to find its route's index in a record's routing.
+    sink: usize,
 }
 
 /// The `elasticsearch` sink's wire format.
@@ -84,10 +86,21 @@ impl ElasticsearchFormat {
                 type_name: !opts.suppress_type_name,
                 replace_dots: opts.replace_dots,
                 node: node_name.map(str::to_string),
+                sink: 0,
             }),
             path: path_unless_present(cfg.url.as_deref(), &bulk),
             api_key,
         })
+    }
+}
+
+impl ElasticsearchFormat {
+    /// The format as sink number `sink` of the config, whose routes may set the index.
+    pub fn for_sink(mut self, sink: usize) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.settings) {
+            s.sink = sink;
+        }
+        self
     }
 }
 
@@ -339,6 +352,7 @@ fn doc_tail(source: &Source, replace_dots: bool) -> Vec<u8> {
                 container_id: source.container_id.clone(),
                 restart_count: source.restart_count,
                 pod_meta: Some(Arc::new(meta)),
+                routing: Default::default(),
             };
             source_members(&copy, &mut out);
         }
@@ -386,7 +400,13 @@ impl Encoder for EsEncoder {
             });
             if r.time_ns < entry.from || r.time_ns >= entry.until || entry.action.is_empty() {
                 self.index.clear();
-                settings.index.render(
+                let index = r
+                    .source
+                    .routing
+                    .target(settings.sink)
+                    .and_then(|t| t.index.as_deref())
+                    .unwrap_or(&settings.index);
+                index.render(
                     &r.source,
                     settings.node.as_deref(),
                     r.time_ns,
@@ -394,7 +414,7 @@ impl Encoder for EsEncoder {
                 );
                 sanitize_index(&mut self.index);
                 Self::action_line(settings, &self.index, &mut entry.action);
-                (entry.from, entry.until) = settings.index.valid_span(r.time_ns);
+                (entry.from, entry.until) = index.valid_span(r.time_ns);
             }
             out.extend_from_slice(&entry.action);
             out.extend_from_slice(b"{\"@timestamp\":\"");

@@ -527,6 +527,7 @@ pub(crate) mod tests {
             container_id: None,
             restart_count: Some(2),
             pod_meta: Some(Arc::new(meta)),
+            routing: Default::default(),
         })
     }
 
@@ -570,6 +571,7 @@ pub(crate) mod tests {
             container_id: None,
             restart_count: Some(0),
             pod_meta: Some(Arc::new(meta)),
+            routing: Default::default(),
         })
     }
 
@@ -585,6 +587,7 @@ pub(crate) mod tests {
             container_id: None,
             restart_count: Some(0),
             pod_meta: None,
+            routing: Default::default(),
         })
     }
 

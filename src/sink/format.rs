@@ -24,6 +24,12 @@ pub trait Format: Send + Sync + 'static {
         None
     }
 
+    /// The header that carries a route's tenant (Loki's `X-Scope-OrgID`), if the backend has
+    /// tenants.
+    fn tenant_header(&self) -> Option<reqwest::header::HeaderName> {
+        None
+    }
+
     /// The compression used when the sink's config does not choose one. Loki's protobuf body is
     /// always snappy (block format, `snap::raw`): Loki decodes it whatever `Content-Encoding` says.
     fn default_compression(&self) -> Compression {

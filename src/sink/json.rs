@@ -451,6 +451,7 @@ mod tests {
             container_id: Some("abc".into()),
             restart_count: Some(0),
             pod_meta: meta.map(Arc::new),
+            routing: Default::default(),
         })
     }
 

@@ -175,6 +175,10 @@ impl Format for LokiFormat {
         self.path.as_deref()
     }
 
+    fn tenant_header(&self) -> Option<HeaderName> {
+        Some(HeaderName::from_static("x-scope-orgid"))
+    }
+
     fn default_compression(&self) -> Compression {
         match self.settings.encoding {
             LokiEncoding::Protobuf => Compression::Snappy,

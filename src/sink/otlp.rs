@@ -791,6 +791,7 @@ mod tests {
             container_id: None,
             restart_count: None,
             pod_meta: Some(Arc::new(meta)),
+            routing: Default::default(),
         };
         assert_eq!(service(&with(meta.clone()), &settings(true)), "web-eu");
         assert_eq!(

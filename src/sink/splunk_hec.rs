@@ -33,6 +33,8 @@ struct Settings {
     /// The name of the `stream` indexed field, if one is configured.
     stream_field: Option<String>,
     node: Option<String>,
+    /// This sink's place in the config, to find its route's index in a record's routing.
+    sink: usize,
 }
 
 /// The `splunk_hec` sink's wire format.
@@ -110,11 +112,22 @@ impl SplunkHecFormat {
                     .collect(),
                 stream_field,
                 node: node_name.map(str::to_string),
+                sink: 0,
             }),
             path: path_unless_present(cfg.url.as_deref(), &opts.path),
             authorization,
             channel,
         })
+    }
+}
+
+impl SplunkHecFormat {
+    /// The format as sink number `sink` of the config, whose routes may set the index.
+    pub fn for_sink(mut self, sink: usize) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.settings) {
+            s.sink = sink;
+        }
+        self
     }
 }
 
@@ -246,7 +259,11 @@ fn source_entry(settings: &Settings, source: &Source) -> SourceEntry {
     member(&mut tail, "host", &settings.host);
     member(&mut tail, "source", &settings.source);
     member(&mut tail, "sourcetype", &settings.sourcetype);
-    if let Some(index) = &settings.index {
+    let routed = source
+        .routing
+        .target(settings.sink)
+        .and_then(|t| t.index.as_deref());
+    if let Some(index) = routed.or(settings.index.as_ref()) {
         member(&mut tail, "index", index);
     }
     let mut has_members = false;

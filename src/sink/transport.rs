@@ -254,6 +254,7 @@ impl Transport {
         &self,
         content_type: &str,
         content_encoding: Option<&str>,
+        extra: Option<&(header::HeaderName, header::HeaderValue)>,
         body: Bytes,
     ) -> Result<Answer, SendError> {
         match self {
@@ -279,6 +280,9 @@ impl Transport {
                     .post(h.url.clone())
                     .headers(h.headers.clone())
                     .header(header::CONTENT_TYPE, content_type);
+                if let Some((name, value)) = extra {
+                    req = req.header(name.clone(), value.clone());
+                }
                 if let Some(enc) = content_encoding {
                     req = req.header(header::CONTENT_ENCODING, enc);
                 }

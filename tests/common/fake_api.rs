@@ -1053,3 +1053,13 @@ pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
         ..Namespace::default()
     }
 }
+
+/// Adds annotations to a Namespace.
+pub fn namespace_with_annotations(mut ns: Namespace, annotations: &[(&str, &str)]) -> Namespace {
+    ns.metadata.annotations.get_or_insert_default().extend(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    ns
+}

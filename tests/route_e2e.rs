@@ -1,0 +1,385 @@
+//! Routing by annotations end to end through the real binary: Namespaces and Pods of the fake
+//! Kubernetes API annotated as docs/annotations.md says, lines in a kubelet tree on disk, and
+//! fake Loki and Elasticsearch backends that store what they receive with its tenant and index.
+
+#[path = "common/backends.rs"]
+mod backends;
+#[path = "common/fake_api.rs"]
+mod fake_api;
+#[path = "common/loglet.rs"]
+mod loglet;
+#[path = "common/node.rs"]
+mod node;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use backends::{Backend, Kind, Received};
+use fake_api::{
+    FakeApi, namespace, namespace_with_annotations, pod, with_annotations, with_containers,
+};
+use loglet::{Loglet, config, wait_until};
+use node::Node;
+
+const NODE: &str = "node-a";
+
+fn start(node: &Node, work: &Path, api: &FakeApi, extra: &str, sinks: &str) -> Loglet {
+    std::fs::create_dir_all(work).unwrap();
+    let kubeconfig = api.write_kubeconfig(work);
+    let extra = format!(
+        "kubernetes:\n  kubeconfig: {}\n  metadata_wait: 2s\n{extra}",
+        kubeconfig.display()
+    );
+    Loglet::start_with_env(
+        node.root(),
+        work,
+        &config(&extra, sinks),
+        &[("NODE_NAME", NODE)],
+    )
+}
+
+/// Lines by tenant as Loki stored them.
+fn loki_by_tenant(r: &Received) -> BTreeMap<String, BTreeSet<String>> {
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in &r.loki {
+        m.entry(e.tenant.clone().unwrap_or_default())
+            .or_default()
+            .insert(e.line.clone());
+    }
+    m
+}
+
+/// Messages by index as Elasticsearch stored them.
+fn es_by_index(r: &Received) -> BTreeMap<String, BTreeSet<String>> {
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for d in &r.es {
+        m.entry(d.index.clone())
+            .or_default()
+            .insert(d.doc["message"].as_str().unwrap_or_default().to_string());
+    }
+    m
+}
+
+fn set(lines: &[&str]) -> BTreeSet<String> {
+    lines.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn namespaces_and_pods_choose_routes_tenants_and_indices_and_changes_apply_at_run_time() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let loki = rt.block_on(Backend::start(Kind::Loki));
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("shop", &[]),
+        &[("loglet.io/route", "teams")],
+    ));
+    api.apply_namespace(&namespace("pay", &[]));
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("ops", &[]),
+        &[("loglet.io/exclude", "true")],
+    ));
+    // shop/web: the namespace's route, but not its sidecar proxy.
+    api.apply_pod(&with_annotations(
+        with_containers(
+            pod("shop", "web-1", "uid-web", NODE),
+            &[("app", "shop/web:1"), ("istio-proxy", "istio/proxyv2:1.24")],
+        ),
+        &[("loglet.io/exclude-containers", "istio-proxy")],
+    ));
+    // shop/audit: its own tenant and index, among those the route allows.
+    api.apply_pod(&with_annotations(
+        pod("shop", "audit-1", "uid-audit", NODE),
+        &[
+            ("loglet.io/tenant", "shop-audit"),
+            ("loglet.io/index", "logs-shop-audit-%Y"),
+        ],
+    ));
+    // pay/api: tries another team's tenant, which the default route does not allow.
+    api.apply_pod(&with_annotations(
+        pod("pay", "api-1", "uid-api", NODE),
+        &[("loglet.io/tenant", "shop")],
+    ));
+    // pay/batch: names a route the config does not have.
+    api.apply_pod(&with_annotations(
+        pod("pay", "batch-1", "uid-batch", NODE),
+        &[("loglet.io/route", "nope")],
+    ));
+    // ops/job: a Pod can opt back in where its Namespace is excluded.
+    api.apply_pod(&pod("ops", "noisy-1", "uid-noisy", NODE));
+    api.apply_pod(&with_annotations(
+        pod("ops", "keep-1", "uid-keep", NODE),
+        &[("loglet.io/exclude", "false")],
+    ));
+
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut web = node.container("shop", "web-1", "uid-web", "app");
+    let mut proxy = node.container("shop", "web-1", "uid-web", "istio-proxy");
+    let mut audit = node.container("shop", "audit-1", "uid-audit", "app");
+    let mut pay = node.container("pay", "api-1", "uid-api", "app");
+    let mut batch = node.container("pay", "batch-1", "uid-batch", "app");
+    let mut noisy = node.container("ops", "noisy-1", "uid-noisy", "app");
+    let mut keep = node.container("ops", "keep-1", "uid-keep", "app");
+    let web_time = web.line("stdout", b"web 1");
+    proxy.line("stdout", b"proxy 1");
+    audit.line("stdout", b"audit 1");
+    pay.line("stdout", b"pay 1");
+    batch.line("stdout", b"batch 1");
+    noisy.line("stdout", b"noisy 1");
+    keep.line("stdout", b"keep 1");
+
+    let sinks = format!(
+        "  es:\n    type: elasticsearch\n    url: {}\n  loki:\n    type: loki\n    url: {}\n",
+        es.url, loki.url
+    );
+    let routes = "routes:
+  default: {sinks: [loki], tenant: shared}
+  teams:
+    sinks: [loki, es]
+    tenant: '{namespace}'
+    allowed_tenants: ['{namespace}', '{namespace}-audit']
+    index: 'logs-{namespace}-%Y.%m.%d'
+    allowed_indices: ['logs-{namespace}-*']
+";
+    let l = start(&node, &work, &api, routes, &sinks);
+    // The index's date is the line's, from the tree writer's clock.
+    let date = node::rfc3339_nano(web_time);
+    let year = &date[..4];
+    let want_loki = BTreeMap::from([
+        ("shared".to_string(), set(&["pay 1", "batch 1", "keep 1"])),
+        ("shop".to_string(), set(&["web 1"])),
+        ("shop-audit".to_string(), set(&["audit 1"])),
+    ]);
+    let got =
+        rt.block_on(loki.wait_until(Duration::from_secs(30), |r| loki_by_tenant(r) == want_loki));
+    assert!(got, "loki: {:?}", loki_by_tenant(&loki.received()));
+    let web_index = format!("logs-shop-{}.{}.{}", &date[..4], &date[5..7], &date[8..10]);
+    let want_es = BTreeMap::from([
+        (web_index.clone(), set(&["web 1"])),
+        (format!("logs-shop-audit-{year}"), set(&["audit 1"])),
+    ]);
+    let got = rt.block_on(es.wait_until(Duration::from_secs(10), |r| es_by_index(r) == want_es));
+    assert!(got, "es: {:?}", es_by_index(&es.received()));
+    assert_eq!(
+        l.metric("loglet_annotation_errors_total{annotation=\"loglet.io/tenant\"}"),
+        1.0
+    );
+    assert_eq!(
+        l.metric("loglet_annotation_errors_total{annotation=\"loglet.io/route\"}"),
+        1.0
+    );
+    assert_eq!(
+        l.metric("loglet_records_discarded_total{reason=\"excluded\"}"),
+        2.0,
+        "proxy 1 and noisy 1"
+    );
+    let log = l.log();
+    assert!(
+        log.contains("Pod pay/api-1: annotation loglet.io/tenant=\\\"shop\\\" is not among the tenants the route default allows"),
+        "{log}"
+    );
+
+    // At run time: pay moves to the teams route, and web's Pod stops excluding its proxy.
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("pay", &[]),
+        &[("loglet.io/route", "teams")],
+    ));
+    api.apply_pod(&with_containers(
+        pod("shop", "web-1", "uid-web", NODE),
+        &[("app", "shop/web:1"), ("istio-proxy", "istio/proxyv2:1.24")],
+    ));
+    // The watcher's events and the new lines race; lines written once the change is seen take
+    // the new route, so write until one arrives there.
+    let mut n = 2;
+    wait_until(Duration::from_secs(30), "pay on the teams route", || {
+        pay.line("stdout", format!("pay {n}").as_bytes());
+        proxy.line("stdout", format!("proxy {n}").as_bytes());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        let r = loki.received();
+        let t = loki_by_tenant(&r);
+        (t.get("pay").is_some_and(|s| !s.is_empty())
+            && t.get("shop")
+                .is_some_and(|s| s.iter().any(|l| l.starts_with("proxy"))))
+        .then_some(())
+    });
+    let r = rt.block_on(async {
+        es.wait_until(Duration::from_secs(10), |r| {
+            r.es.iter().any(|d| d.index.starts_with("logs-pay-"))
+        })
+        .await;
+        es.received()
+    });
+    assert!(
+        r.es.iter().any(|d| d.index.starts_with("logs-pay-")),
+        "{:?}",
+        es_by_index(&r)
+    );
+    // Every line arrived once, on one route or the other.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in &loki.received().loki {
+        *seen.entry(e.line.clone()).or_default() += 1;
+    }
+    for i in 1..n {
+        let line = format!("pay {i}");
+        assert_eq!(seen.get(&line), Some(&1), "{line}");
+    }
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn a_rate_limited_namespace_drops_and_counts_while_its_neighbour_is_untouched() {
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("noisy", &[]),
+        &[("loglet.io/rate-limit-lines", "100")],
+    ));
+    api.apply_namespace(&namespace("quiet", &[]));
+    api.apply_pod(&pod("noisy", "spam-1", "uid-spam", NODE));
+    api.apply_pod(&pod("quiet", "calm-1", "uid-calm", NODE));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut spam = node.container("noisy", "spam-1", "uid-spam", "app");
+    let mut calm = node.container("quiet", "calm-1", "uid-calm", "app");
+    for i in 0..5000 {
+        spam.line("stdout", format!("spam {i}").as_bytes());
+        if i % 10 == 0 {
+            calm.line("stdout", format!("calm {i}").as_bytes());
+        }
+    }
+    let l = start(
+        &node,
+        &work,
+        &api,
+        "routing:\n  namespace_rate_limit: {burst: 1s}\n",
+        "  out:\n    type: stdout\n",
+    );
+    let dropped = "loglet_rate_limited_records_total{namespace=\"noisy\"}";
+    let records = wait_until(Duration::from_secs(30), "every line accounted for", || {
+        let records = l.stdout_records();
+        let spam = records
+            .iter()
+            .filter(|r| r["message"].as_str().unwrap_or("").starts_with("spam"))
+            .count();
+        let calm = records.len() - spam;
+        (calm == 500 && spam as f64 + l.metric(dropped) == 5000.0).then_some(records)
+    });
+    let spam: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .filter(|m| m.starts_with("spam"))
+        .collect();
+    // A burst of one second's worth, then 100 a second: a few hundred at most in this test.
+    assert!(
+        (100..1000).contains(&spam.len()),
+        "{} spam lines shipped",
+        spam.len()
+    );
+    assert_eq!(
+        spam[..100],
+        (0..100).map(|i| format!("spam {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        l.metric("loglet_records_discarded_total{reason=\"rate_limited\"}"),
+        l.metric(dropped)
+    );
+    assert_eq!(
+        l.metric("loglet_rate_limited_records_total{namespace=\"quiet\"}"),
+        0.0
+    );
+    assert_eq!(l.stop(), 0);
+}
+
+/// Replaces the config as the kubelet updates a mounted ConfigMap: the new content in a new
+/// directory, then an atomic rename of the `..data` symlink that `config.yaml` points through.
+fn swap_config(dir: &Path, version: u32, text: &str) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("config.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..v{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[test]
+fn a_config_reload_swaps_sinks_with_no_loss_and_an_invalid_one_is_refused() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let first = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let second = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let sink = |url: &str| format!("  es:\n    type: elasticsearch\n    url: {url}\n");
+    let first_config = config("kubernetes:\n  enabled: false\n", &sink(&first.url));
+    let mut web = node.container("shop", "web-1", "uid-web", "app");
+    let mut written = 0;
+    let mut write = |n: usize, written: &mut usize| {
+        for _ in 0..n {
+            web.line(
+                "stdout",
+                format!("line {written} {}", "x".repeat(100)).as_bytes(),
+            );
+            *written += 1;
+        }
+    };
+    write(1000, &mut written);
+    let l = Loglet::start(node.root(), &work, &first_config);
+    // From now on config.yaml is a ConfigMap mount: a path through the `..data` symlink.
+    let mount = work.join("mount");
+    std::fs::create_dir_all(&mount).unwrap();
+    swap_config(&mount, 1, &first_config);
+    std::os::unix::fs::symlink(mount.join("..data/config.yaml"), work.join("config.new")).unwrap();
+    std::fs::rename(work.join("config.new"), work.join("config.yaml")).unwrap();
+    assert!(rt.block_on(first.wait_until(Duration::from_secs(20), |r| r.es.len() == 1000)));
+
+    // An invalid config is refused and the running one keeps shipping.
+    swap_config(&mount, 2, "sinks: {es: {type: elasticsearch}}\n");
+    wait_until(
+        Duration::from_secs(20),
+        "the invalid config refused",
+        || (l.metric("loglet_config_reloads_total{result=\"invalid\"}") == 1.0).then_some(()),
+    );
+    write(1000, &mut written);
+    assert!(rt.block_on(first.wait_until(Duration::from_secs(20), |r| r.es.len() == 2000)));
+    assert!(
+        l.log().contains("the changed config file is invalid"),
+        "{}",
+        l.log()
+    );
+
+    // A valid one moves the lines to the second backend while lines keep coming.
+    swap_config(
+        &mount,
+        3,
+        &config("kubernetes:\n  enabled: false\n", &sink(&second.url)),
+    );
+    for _ in 0..40 {
+        write(250, &mut written);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until(Duration::from_secs(20), "the new config applied", || {
+        (l.metric("loglet_config_reloads_total{result=\"applied\"}") == 1.0).then_some(())
+    });
+    write(1000, &mut written);
+    let total = |a: &Received, b: &Received| a.es.len() + b.es.len();
+    wait_until(Duration::from_secs(30), "every line delivered", || {
+        (total(&first.received(), &second.received()) >= written).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (first.received(), second.received());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for d in a.es.iter().chain(&b.es) {
+        *seen
+            .entry(d.doc["message"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    for i in 0..written {
+        let line = format!("line {i} {}", "x".repeat(100));
+        assert_eq!(seen.get(&line), Some(&1), "line {i}");
+    }
+    assert_eq!(seen.len(), written);
+    assert!(!b.es.is_empty() && a.es.len() >= 2000);
+    assert_eq!(l.stop(), 0);
+}
