@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod pool;
 pub mod record;
+pub mod sidecar;
 pub mod sink;
 pub mod tail;
