@@ -201,6 +201,15 @@ const MAX_NAMES: usize = 64;
 /// single-file `tail -F`, where the caller uses the file configured for the sidecar).
 pub type Routed = (Decoded, Option<Arc<str>>);
 
+/// What a [`TailDemux`] needs after a restart: the file the lines at the checkpoint belong to
+/// (tail prints a header only when it switches files, so the replay from the checkpoint may
+/// start after the last one). Stored by the caller beside the file's offset, taken with it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
 /// Demultiplexes the output of `tail -F` (one per sidecar container log): see the module doc.
 #[derive(Debug, Default)]
 pub struct TailDemux {
@@ -240,6 +249,30 @@ impl TailDemux {
             names: files.into_iter().collect(),
             only_known: true,
             ..TailDemux::default()
+        }
+    }
+
+    /// Continues from a [`TailDemux::state`] saved with the checkpoint the tailer resumes from.
+    pub fn resume(mut self, state: TailState) -> TailDemux {
+        self.current = state.file.map(|f| {
+            let known = self.names.iter().find(|n| ***n == *f).cloned();
+            known.unwrap_or_else(|| {
+                let f: Arc<str> = f.into();
+                if self.names.len() < MAX_NAMES {
+                    self.names.push(f.clone());
+                }
+                f
+            })
+        });
+        self
+    }
+
+    /// What to persist with the offset shipped up to (kept at or before
+    /// [`TailDemux::pending_from`]): a held line belongs to the current file, so the state is
+    /// right for it too.
+    pub fn state(&self) -> TailState {
+        TailState {
+            file: self.current.as_deref().map(str::to_owned),
         }
     }
 

@@ -278,6 +278,45 @@ fn with_known_files_other_header_lookalikes_are_log_lines() {
     assert_eq!(demux.current_file().map(|f| &**f), Some("/var/log/a.log"));
 }
 
+#[test]
+fn a_restart_resumes_in_the_file_of_the_checkpoint() {
+    let texts = [
+        "==> a <==",
+        "a1",
+        "",
+        "==> b <==",
+        "b1",
+        "b2",
+        "",
+        "",
+        "b3",
+        "",
+        "==> a <==",
+        "a2",
+    ];
+    let stream: Vec<Decoded> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| line(t, i as i64, i as u64 * 100))
+        .collect();
+    let mut whole = TailDemux::new();
+    let want = feed_tail(&mut whole, &texts);
+    for at in 0..stream.len() {
+        let mut demux = TailDemux::new();
+        let mut out = Vec::new();
+        for d in &stream[..at] {
+            demux.push(d.clone(), &mut out);
+        }
+        let offset = demux.pending_from().unwrap_or(stream[at].start);
+        let json = serde_json::to_string(&demux.state()).unwrap();
+        let mut demux = TailDemux::new().resume(serde_json::from_str(&json).unwrap());
+        for d in stream.iter().filter(|d| d.start >= offset) {
+            demux.push(d.clone(), &mut out);
+        }
+        assert_eq!(routed(out), want, "restart at {at}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const GAP: i64 = 30_000_000_000;
@@ -427,6 +466,28 @@ fn a_replaced_file_is_told_at_its_first_line() {
     assert_eq!(dedupe.pending_from(), None);
     assert_eq!(texts(&out).last().unwrap(), "b0");
     assert_eq!(dedupe.stats().resets, 1);
+}
+
+#[test]
+fn a_diverging_round_is_told_at_the_next_power_of_two_or_when_it_outgrows_the_prefix() {
+    let old = lines_of("", 0..8);
+    let at_mark = vec!["0".into(), "1".into(), "x".into(), "y".into(), "z".into()];
+    let longer = vec!["0".into(), "1".into(), "a much longer line".into()];
+    for (new, held_until) in [(at_mark, 4), (longer, 3)] {
+        let stream = dump_stream(&[old.clone(), new]);
+        let mut dedupe = DumpDedupe::new(DedupeOptions::default(), None);
+        let mut out = Vec::new();
+        for (i, d) in stream.iter().enumerate() {
+            dedupe.push(d.clone(), &mut out);
+            let k = (i + 1).saturating_sub(old.len());
+            let held = dedupe.pending_from().is_some();
+            assert_eq!(
+                held,
+                k > 0 && k < held_until,
+                "line {k} of the second round"
+            );
+        }
+    }
 }
 
 #[test]
