@@ -63,6 +63,8 @@
 //! the checkpoint starts the round again and reaches the same verdict. A round in progress
 //! without held lines is saved too, with the time of its last line, so that a replay that
 //! continues it within `round_gap` continues the round rather than starting a new one.
+//! [`TailDemux::state`] is persisted the same way: it names the file the replayed lines belong
+//! to until tail's next header.
 //!
 //! # Limits
 //!
