@@ -12,5 +12,6 @@ pub mod pipeline;
 pub mod pool;
 pub mod record;
 pub mod route;
+pub mod sidecar;
 pub mod sink;
 pub mod tail;
