@@ -533,24 +533,40 @@ impl Dur {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .ok_or_else(|| format!("`{s}` has no unit (use ms, s, m or h)"))?;
         let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a number followed by a unit"))?;
-        let secs = match unit.trim() {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
+        let per_unit: u128 = match unit.trim() {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             other => {
                 return Err(format!(
                     "`{other}` is not a duration unit (use ms, s, m or h)"
                 ));
             }
         };
-        if !secs.is_finite() || secs > 1e9 {
+        // Decimal, not floating point: what `Display` prints reads back to the same value.
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        let bad = || format!("`{s}` is not a number followed by a unit");
+        if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(bad());
+        }
+        let digits = |d: &str| -> Result<u128, String> {
+            if d.len() > 30 {
+                return Err(format!("`{s}` is out of range"));
+            }
+            if d.is_empty() {
+                Ok(0)
+            } else {
+                d.parse().map_err(|_| bad())
+            }
+        };
+        let frac = &frac[..frac.len().min(18)];
+        let nanos = digits(whole)?.saturating_mul(per_unit)
+            + digits(frac)?.saturating_mul(per_unit) / 10u128.pow(frac.len() as u32);
+        if nanos > 1_000_000_000 * 1_000_000_000 {
             return Err(format!("`{s}` is out of range"));
         }
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        Ok(Dur(Duration::from_nanos(nanos as u64)))
     }
 }
 
@@ -870,6 +886,13 @@ mod tests {
         assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
         assert!(Dur::parse("5").is_err());
         assert!(Dur::parse("5 weeks").is_err());
+        for bad in [".s", "1..2s", "1.2.3s"] {
+            assert!(Dur::parse(bad).is_err(), "{bad}");
+        }
+        // Exact decimals: what is printed reads back the same (found by fuzzing).
+        let d = Dur::parse("99999998.8s").unwrap();
+        assert_eq!(d.0, Duration::from_millis(99_999_998_800));
+        assert_eq!(Dur::parse(&d.to_string()).unwrap(), d);
         assert_eq!(ByteSize::parse("10Mi").unwrap().0, 10 << 20);
         assert_eq!(ByteSize::parse("512KiB").unwrap().0, 512 << 10);
         assert_eq!(ByteSize::parse("1MB").unwrap().0, 1_000_000);

@@ -16,33 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 /// `<target>/<file>` under fuzz/regressions/ that still crash, each with why.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    (
-        "parsers/valid_span_at_i64_min",
-        "Template::valid_span overflows (src/sink/encode.rs, `div_euclid(step) * step`) for a time \
-     in the first partial hour or day of the i64 range, which parse_rfc3339_nanos accepts \
-     (1677-09-21T00:12:43.145224192Z): a panic in debug builds, a wrong span in release",
-    ),
-    (
-        "parsers/dur_display_does_not_read_back",
-        "Dur::parse(\"99999998.8s\") is already 99999998799ms; printed (Display, so check-config) \
-         as `99999998799ms`, that reads back as 99999998798ms: parse goes through f64 \
-         (value / 1000.0, Duration::from_secs_f64) and loses the last millisecond",
-    ),
-    (
-        "sink_answer/otlp_rejects_more_than_sent",
-        "an OTLP 200 whose partial success says rejectedLogRecords: 5 for 4 records sent \
-         (protobuf, 0a 02 08 05) gives Outcome::Partial { rejected: 5 }: otlp.rs takes the \
-         server's count as it is (up to usize::MAX), so loglet_sink_dropped_records_total counts \
-         records that were never sent",
-    ),
-    (
-        "sink_answer/loki_ignored_sum_overflows",
-        "a Loki 400 body with two `total ignored: N` counts summing past usize::MAX panics with \
-         `attempt to add with overflow` in total_ignored (src/sink/loki.rs:235, \
-         `sum.unwrap_or(0) + n`) in debug builds, and wraps in release",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {

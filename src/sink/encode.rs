@@ -297,7 +297,8 @@ impl Template {
         } else {
             return (i64::MIN, i64::MAX);
         };
-        let start = time_ns.div_euclid(step) * step;
+        // Saturating: a time in the first partial hour or day of the i64 range has no start.
+        let start = time_ns.div_euclid(step).saturating_mul(step);
         (start, start.saturating_add(step))
     }
 

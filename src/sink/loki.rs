@@ -236,7 +236,7 @@ fn total_ignored(body: &[u8]) -> Option<usize> {
         rest = &rest[at + NEEDLE.len()..];
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         let n: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-        sum = Some(sum.unwrap_or(0) + n);
+        sum = Some(sum.unwrap_or(0usize).saturating_add(n));
     }
     sum
 }

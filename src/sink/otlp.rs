@@ -90,23 +90,30 @@ impl Format for OtlpFormat {
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
-        _records: usize,
+        records: usize,
     ) -> Outcome {
         let json = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
             Some(ct) => ct.contains("json"),
             None => self.settings.encoding == OtlpEncoding::Json,
         };
-        outcome(status, headers, body, json)
+        outcome(status, headers, body, json, records)
     }
 }
 
 /// Reads an OTLP/HTTP answer (https://opentelemetry.io/docs/specs/otlp/#otlphttp-response).
-fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8], json: bool) -> Outcome {
+fn outcome(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    json: bool,
+    records: usize,
+) -> Outcome {
     if status.is_success() {
         return match partial_success(body, json) {
             Some((rejected, message)) if rejected > 0 => Outcome::Partial {
                 retry: Vec::new(),
-                rejected: usize::try_from(rejected).unwrap_or(usize::MAX),
+                // A server cannot reject more than it was sent.
+                rejected: usize::try_from(rejected).unwrap_or(usize::MAX).min(records),
                 reason: format!("otlp partial success, {rejected} rejected: {message}"),
             },
             _ => Outcome::Delivered,
@@ -913,7 +920,13 @@ mod tests {
             ),
         ];
         for (code, headers, body, json, want) in cases {
-            let got = outcome(StatusCode::from_u16(code).unwrap(), headers, body, json);
+            let got = outcome(
+                StatusCode::from_u16(code).unwrap(),
+                headers,
+                body,
+                json,
+                usize::MAX,
+            );
             assert_eq!(got, want, "{code} json={json}");
         }
     }

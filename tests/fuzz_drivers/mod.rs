@@ -23,8 +23,11 @@ use loglet::tail::checkpoint::{Checkpoints, Position};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 
+/// A fuzz target's body: it panics on a violated invariant.
+pub type Driver = fn(&[u8]);
+
 /// Every target, by the name of its fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Driver)] = &[
     ("decode", decode),
     ("config", config),
     ("checkpoint", checkpoint),
