@@ -52,6 +52,7 @@ fn source(i: usize) -> Arc<Source> {
         restart_count: Some(0),
         pod_meta: Some(Arc::new(meta)),
         routing: Default::default(),
+        sidecar: None,
     })
 }
 

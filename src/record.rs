@@ -78,6 +78,9 @@ pub struct Source {
     pub pod_meta: Option<Arc<PodMeta>>,
     /// Where the container's lines go, decided from the routes and annotations.
     pub routing: Arc<crate::route::Decision>,
+    /// For lines a streaming sidecar echoed: the sidecar's container name (`container` is then
+    /// the application's and `path` the application's file).
+    pub sidecar: Option<String>,
 }
 
 static NEXT_SOURCE_ID: AtomicU64 = AtomicU64::new(1);

@@ -33,6 +33,56 @@ pub mod annotation {
     pub const EXCLUDE_CONTAINERS: &str = "loglet.io/exclude-containers";
     pub const RATE_LIMIT_LINES: &str = "loglet.io/rate-limit-lines";
     pub const RATE_LIMIT_BYTES: &str = "loglet.io/rate-limit-bytes";
+    /// `loglet.io/sidecar.<container>`: that container is a streaming sidecar.
+    pub const SIDECAR: &str = "loglet.io/sidecar";
+}
+
+/// How a streaming sidecar echoes its application's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// `tail -F` of one or more files: `==> file <==` headers tell the file.
+    Tail,
+    /// A loop that prints whole files again and again (`cat`): each line is shipped once.
+    Dump,
+}
+
+/// A container that echoes the application container `app`'s log files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarSpec {
+    pub app: String,
+    pub mode: SidecarMode,
+    /// The file it echoes, when tail prints no header (a single file) or for a dump.
+    pub file: Option<Arc<str>>,
+}
+
+impl SidecarSpec {
+    /// `container=<app>[, mode=tail|dump][, file=<path>]`.
+    pub fn parse(v: &str) -> Result<SidecarSpec, String> {
+        let (mut app, mut mode, mut file) = (None, SidecarMode::Tail, None);
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, val) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let val = val.trim();
+            match k.trim() {
+                "container" if !val.is_empty() => app = Some(val.to_string()),
+                "mode" => {
+                    mode = match val {
+                        "tail" => SidecarMode::Tail,
+                        "dump" => SidecarMode::Dump,
+                        _ => return Err(format!("mode `{val}` is not `tail` or `dump`")),
+                    }
+                }
+                "file" if !val.is_empty() => file = Some(Arc::from(val)),
+                other => return Err(format!("`{other}` is not container, mode or file")),
+            }
+        }
+        Ok(SidecarSpec {
+            app: app.ok_or("needs container=<application container>")?,
+            mode,
+            file,
+        })
+    }
 }
 
 /// The sinks a record goes to, one bit per sink in the config's (sorted) order.
@@ -97,6 +147,8 @@ pub struct Decision {
     pub excluded: bool,
     /// The namespace's rate limit, if any.
     pub rate: Option<Rate>,
+    /// The container is a streaming sidecar of another one.
+    pub sidecar: Option<Arc<SidecarSpec>>,
 }
 
 impl Default for Decision {
@@ -109,6 +161,7 @@ impl Default for Decision {
             targets: Vec::new(),
             excluded: false,
             rate: None,
+            sidecar: None,
         }
     }
 }
@@ -281,12 +334,22 @@ impl Routes {
                 })
                 .unwrap_or(false);
 
+        let sidecar_key = format!("{}.{}", annotation::SIDECAR, source.container);
+        let sidecar = ctx.pick_on(On::Pod, &sidecar_key, |v| {
+            let spec = SidecarSpec::parse(v)?;
+            if spec.app == source.container {
+                return Err("names the sidecar itself as its application".into());
+            }
+            Ok(Arc::new(spec))
+        });
+
         Decision {
             route: self.routes[chosen[0]].name.clone(),
             sinks,
             targets,
             excluded,
             rate: self.rate(&ctx),
+            sidecar,
         }
     }
 
@@ -445,10 +508,17 @@ impl Ctx<'_> {
             seen.insert(format!("{id}\0{key}\0{value}\0{why}"))
         };
         if first {
+            // `loglet.io/sidecar.<container>` counts as `loglet.io/sidecar`: bounded labels.
+            let base = key
+                .strip_prefix(annotation::PREFIX)
+                .and_then(|name| name.split_once('.'))
+                .map_or(key, |(name, _)| {
+                    &key[..annotation::PREFIX.len() + name.len()]
+                });
             self.routes
                 .metrics
                 .annotation_errors
-                .with_label_values(&[key])
+                .with_label_values(&[base])
                 .inc();
             tracing::warn!(
                 namespace = %s.namespace,
@@ -643,6 +713,7 @@ routing:
                 ..PodMeta::default()
             })),
             routing: Arc::default(),
+            sidecar: None,
         }
     }
 
@@ -807,6 +878,34 @@ routing:
         let d = r.decide(&source(&[("loglet.io/rate-limit-lines", "1")], &[]));
         assert_eq!(d.rate.unwrap().lines_per_second, Some(1000));
         assert_eq!(errors(&m, "loglet.io/rate-limit-lines"), 1);
+    }
+
+    #[test]
+    fn a_pod_names_its_streaming_sidecars() {
+        let (r, m) = routes(TWO_ROUTES);
+        let mut s = source(
+            &[(
+                "loglet.io/sidecar.app",
+                "container=nginx, mode=dump, file=/var/log/nginx/access.log",
+            )],
+            &[],
+        );
+        let spec = r.decide(&s).sidecar.unwrap();
+        assert_eq!(spec.app, "nginx");
+        assert_eq!(spec.mode, SidecarMode::Dump);
+        assert_eq!(spec.file.as_deref(), Some("/var/log/nginx/access.log"));
+        s.container = "other".into();
+        assert!(r.decide(&s).sidecar.is_none(), "only the named container");
+        for bad in [
+            "mode=tail",
+            "container=app",
+            "container=x, mode=cat",
+            "nonsense",
+        ] {
+            let d = r.decide(&source(&[("loglet.io/sidecar.app", bad)], &[]));
+            assert!(d.sidecar.is_none(), "{bad}");
+        }
+        assert_eq!(errors(&m, "loglet.io/sidecar"), 4);
     }
 
     #[test]

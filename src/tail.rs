@@ -8,6 +8,7 @@
 //! in turn, one block at a time, so one chatty container cannot starve the others.
 
 pub mod checkpoint;
+mod streaming;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -28,7 +29,8 @@ use crate::kube::PodStore;
 use crate::metrics::{Metrics, RateLimited};
 use crate::record::{Batch, Record, Source};
 use crate::route::{MAX_SINKS, Rate, Routes};
-use checkpoint::{Checkpoints, FileKey, Position, Update};
+use checkpoint::{Checkpoints, FileKey, Position, SidecarState, Update};
+use streaming::Stage;
 
 /// The first line (at most this many bytes) identifies a file's content.
 const FINGERPRINT_BYTES: usize = 256;
@@ -236,6 +238,11 @@ pub struct Tailer {
     /// Token buckets of the namespaces with a rate limit.
     buckets: HashMap<String, Bucket>,
     rate_warn: RateLimited,
+    /// Streaming sidecars' stages by container directory, with the file each last read.
+    stages: HashMap<String, (Stage, FileKey)>,
+    /// Sidecar states from the checkpoints, by container directory, until their stage starts.
+    stage_states: HashMap<String, SidecarState>,
+    staged: Vec<(Decoded, Arc<Source>)>,
 }
 
 impl Tailer {
@@ -247,6 +254,20 @@ impl Tailer {
         metrics: Arc<Metrics>,
     ) -> Tailer {
         let (notices_tx, notices) = crossbeam_channel::unbounded();
+        // Each sidecar's newest state: the one of its current file, else of its latest rotated.
+        let mut newest: HashMap<String, (&Position, SidecarState)> = HashMap::new();
+        for p in &restored {
+            let (Some(state), Some(dir)) = (&p.sidecar, container_dir(&p.path)) else {
+                continue;
+            };
+            let newer = newest
+                .get(dir)
+                .is_none_or(|(q, _)| rotation_age(&q.path) < rotation_age(&p.path));
+            if newer {
+                newest.insert(dir.to_string(), (p, state.clone()));
+            }
+        }
+        let stage_states = newest.into_iter().map(|(d, (_, s))| (d, s)).collect();
         Tailer {
             s,
             files: HashMap::new(),
@@ -279,6 +300,9 @@ impl Tailer {
             malformed_warn: RateLimited::new(Duration::from_secs(10)),
             buckets: HashMap::new(),
             rate_warn: RateLimited::new(Duration::from_secs(10)),
+            stages: HashMap::new(),
+            stage_states,
+            staged: Vec::new(),
         }
     }
 
@@ -570,6 +594,7 @@ impl Tailer {
             restart_count: Some(found.restart),
             pod_meta: None,
             routing: Arc::default(),
+            sidecar: None,
         };
         source.routing = Arc::new(self.s.routes.decide(&source));
         Arc::new(source)
@@ -991,6 +1016,11 @@ impl Tailer {
 
     /// Moves decoded lines into the pending batch and records the file's new safe position.
     fn emit(&mut self, key: FileKey) {
+        self.emit_with(key, false);
+    }
+
+    /// [`Tailer::emit`]; with `flush`, a sidecar stage also lets go of what it holds.
+    fn emit_with(&mut self, key: FileKey, flush: bool) {
         let Some(f) = self.files.get_mut(&key) else {
             return;
         };
@@ -1012,18 +1042,48 @@ impl Tailer {
             self.metrics.partial_merged.inc_by(st.merged);
             self.metrics.partial_flushed.inc_by(st.flushed);
         }
-        let routing = &f.source.routing;
+        let source = f.source.clone();
+        // A streaming sidecar's lines pass through its stage, which may hold some back.
+        let mut stage_state = None;
+        let mut stage_from = None;
+        if let Some(spec) = &source.routing.sidecar {
+            let dir = container_dir(&f.found.host_path).unwrap_or_default();
+            let (stage, last) = match self.stages.get_mut(dir) {
+                Some(e) if e.0.spec == *spec => e,
+                _ => {
+                    let restored = self.stage_states.remove(dir);
+                    let stage = Stage::new(
+                        spec.clone(),
+                        restored.as_ref(),
+                        self.s.decode.partial_flush_timeout,
+                    );
+                    self.stages.insert(dir.to_string(), (stage, key));
+                    self.stages.get_mut(dir).expect("just inserted")
+                }
+            };
+            *last = key;
+            stage.process(&source, &mut self.decoded, &mut self.staged);
+            if flush {
+                stage.flush(&source, &mut self.staged);
+            }
+            stage_from = stage.pending_from();
+            stage_state = Some(stage.state());
+        } else {
+            self.staged
+                .extend(self.decoded.drain(..).map(|d| (d, source.clone())));
+        }
+        let routing = &source.routing;
         if routing.excluded {
-            if !self.decoded.is_empty() {
+            if !self.staged.is_empty() {
                 self.metrics
                     .records_discarded
                     .with_label_values(&["excluded"])
-                    .inc_by(self.decoded.len() as u64);
-                self.decoded.clear();
+                    .inc_by(self.staged.len() as u64);
+                self.staged.clear();
             }
-        } else if !self.decoded.is_empty() {
+        } else if !self.staged.is_empty() {
             let mut bucket = routing.rate.map(|rate| {
-                let ns = f.source.namespace.as_str();
+                let ns = source.namespace.as_str();
                 if !self.buckets.contains_key(ns) {
                     self.buckets.insert(ns.to_string(), Bucket::new(rate));
                 }
@@ -1033,7 +1093,7 @@ impl Tailer {
             });
             let now = Instant::now();
             let (mut shipped, mut limited) = (0u64, 0u64);
-            for d in self.decoded.drain(..) {
+            for (d, source) in self.staged.drain(..) {
                 if let Some(b) = bucket.as_mut()
                     && !b.take(d.line.len(), now)
                 {
@@ -1047,7 +1107,7 @@ impl Tailer {
                     time_ns: d.time_ns,
                     stream: d.stream,
                     flags: d.flags,
-                    source: f.source.clone(),
+                    source,
                 });
             }
             self.metrics
@@ -1060,15 +1120,16 @@ impl Tailer {
                     .with_label_values(&["rate_limited"])
                     .inc_by(limited);
                 m.rate_limited_records
-                    .with_label_values(&[&f.source.namespace])
+                    .with_label_values(&[&source.namespace])
                     .inc_by(limited);
-                let ns = &f.source.namespace;
+                let ns = &source.namespace;
                 self.rate_warn.warn(|suppressed| {
                     tracing::warn!(namespace = %ns, dropped = limited, suppressed, "namespace over its rate limit; lines dropped")
                 });
             }
         }
-        let safe = f.safe_offset();
+        let f = self.files.get_mut(&key).expect("file present");
+        let safe = stage_from.map_or(f.safe_offset(), |p| p.min(f.safe_offset()));
         if safe != f.acked_to {
             f.acked_to = safe;
             if let Some(fp) = f.fingerprint {
@@ -1079,6 +1140,7 @@ impl Tailer {
                     path: f.found.host_path.clone(),
                     offset: safe,
                     finished: false,
+                    sidecar: stage_state,
                 };
                 self.pending.update(key, Update::Set(pos));
             }
@@ -1186,6 +1248,26 @@ impl Tailer {
                 _ => {}
             }
         }
+        let due: Vec<FileKey> = self
+            .stages
+            .values()
+            .filter(|(stage, _)| stage.deadline().is_some_and(|t| t <= now))
+            .map(|(_, key)| *key)
+            .collect();
+        for key in due {
+            if self.files.contains_key(&key) {
+                self.emit_with(key, true);
+            } else {
+                // Its file is finished (and flushed then): the stage waits, with its state, for
+                // the sidecar's next file.
+                self.stages.retain(|dir, (stage, k)| {
+                    if *k == key {
+                        self.stage_states.insert(dir.clone(), stage.state());
+                    }
+                    *k != key
+                });
+            }
+        }
         for key in rotated_idle {
             self.flush_file_end(key, &clock);
             if let Some(f) = self.files.get_mut(&key)
@@ -1223,7 +1305,7 @@ impl Tailer {
         if let Some(d) = f.decoder.as_mut() {
             d.flush_all(&mut self.decoded);
         }
-        self.emit(key);
+        self.emit_with(key, true);
     }
 
     /// Lets a file go: closes it and forgets its checkpoint once what came before is delivered.
@@ -1254,6 +1336,11 @@ impl Tailer {
                     path: f.found.host_path.clone(),
                     offset: f.offset,
                     finished: true,
+                    sidecar: self
+                        .stages
+                        .values()
+                        .find(|(_, k)| *k == key)
+                        .map(|(stage, _)| stage.state()),
                 })
             }
             None => Update::Forget(key),
@@ -1323,6 +1410,7 @@ impl Tailer {
                 .then(|| f.last_growth + linger);
                 [partial, close].into_iter().flatten().min()
             })
+            .chain(self.stages.values().filter_map(|(s, _)| s.deadline()))
             .min()
     }
 
@@ -1531,6 +1619,7 @@ fn clone_source(s: &Source) -> Source {
         restart_count: s.restart_count,
         pod_meta: s.pod_meta.clone(),
         routing: s.routing.clone(),
+        sidecar: s.sidecar.clone(),
     }
 }
 

@@ -54,6 +54,7 @@ fn web_source(pod: &str, uid: &str) -> Arc<Source> {
         restart_count: Some(1),
         pod_meta: Some(Arc::new(meta)),
         routing: Default::default(),
+        sidecar: None,
     })
 }
 
@@ -69,6 +70,7 @@ fn bare_source() -> Arc<Source> {
         restart_count: Some(0),
         pod_meta: None,
         routing: Default::default(),
+        sidecar: None,
     })
 }
 

@@ -353,6 +353,7 @@ fn doc_tail(source: &Source, replace_dots: bool) -> Vec<u8> {
                 restart_count: source.restart_count,
                 pod_meta: Some(Arc::new(meta)),
                 routing: Default::default(),
+                sidecar: None,
             };
             source_members(&copy, &mut out);
         }

@@ -529,6 +529,7 @@ pub(crate) mod tests {
             restart_count: Some(2),
             pod_meta: Some(Arc::new(meta)),
             routing: Default::default(),
+            sidecar: None,
         })
     }
 
@@ -573,6 +574,7 @@ pub(crate) mod tests {
             restart_count: Some(0),
             pod_meta: Some(Arc::new(meta)),
             routing: Default::default(),
+            sidecar: None,
         })
     }
 
@@ -589,6 +591,7 @@ pub(crate) mod tests {
             restart_count: Some(0),
             pod_meta: None,
             routing: Default::default(),
+            sidecar: None,
         })
     }
 

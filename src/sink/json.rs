@@ -225,6 +225,9 @@ pub fn source_members(source: &Source, out: &mut Vec<u8>) {
         meta.map_or(&source.pod_uid, |m| &m.uid),
     );
     write_field(out, &mut first, "container", &source.container);
+    if let Some(sidecar) = &source.sidecar {
+        write_field(out, &mut first, "sidecar", sidecar);
+    }
     let container_id = source
         .container_id
         .as_deref()
@@ -452,6 +455,7 @@ mod tests {
             restart_count: Some(0),
             pod_meta: meta.map(Arc::new),
             routing: Default::default(),
+            sidecar: None,
         })
     }
 

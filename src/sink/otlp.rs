@@ -799,6 +799,7 @@ mod tests {
             restart_count: None,
             pod_meta: Some(Arc::new(meta)),
             routing: Default::default(),
+            sidecar: None,
         };
         assert_eq!(service(&with(meta.clone()), &settings(true)), "web-eu");
         assert_eq!(

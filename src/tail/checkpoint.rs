@@ -25,7 +25,7 @@ pub struct FileKey {
 }
 
 /// One file's durable position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
     pub dev: u64,
     pub ino: u64,
@@ -42,6 +42,18 @@ pub struct Position {
     /// is left. Absent (false) in files written before it existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub finished: bool,
+    /// For a streaming sidecar's log: what its stage had made of the lines before `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarState>,
+}
+
+/// A streaming sidecar's state at a checkpoint (src/sidecar.rs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SidecarState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<crate::sidecar::TailState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<crate::sidecar::DumpState>,
 }
 
 impl Position {
@@ -54,7 +66,7 @@ impl Position {
 }
 
 /// A change a batch makes to the checkpoints once it is acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     Set(Position),
     /// The file is finished (drained and gone): drop its entry.
@@ -345,6 +357,7 @@ mod tests {
             path: format!("/f{ino}"),
             offset,
             finished: false,
+            sidecar: None,
         })
     }
 

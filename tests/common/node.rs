@@ -115,6 +115,11 @@ impl Container {
         (rfc3339_nano(ns), ns)
     }
 
+    /// Moves the runtime's clock on by `secs` seconds without writing (a sidecar's `sleep`).
+    pub fn idle(&mut self, secs: u64) {
+        self.clock += secs * 1000;
+    }
+
     /// Writes raw bytes to the current file.
     pub fn raw(&mut self, bytes: &[u8]) {
         let f = self.file.as_mut().expect("open");
