@@ -20,6 +20,7 @@ mod cri;
 mod docker;
 #[doc(hidden)]
 pub mod harness;
+pub mod multiline;
 mod time;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

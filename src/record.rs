@@ -38,6 +38,8 @@ pub mod flags {
     /// The line ended without its final chunk (a `P` never followed by `F`, or a file that ended
     /// mid-line) and was flushed after a timeout or at the end of the file.
     pub const UNTERMINATED: u8 = 8;
+    /// The record was joined from several lines by a multiline rule (a stack trace).
+    pub const MULTILINE: u8 = 16;
 }
 
 /// One log line.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::config::{
     Config, DEFAULT_RATE_BURST, DEFAULT_ROUTE, RateLimitConfig, RouteConfig, SinkType,
 };
+use crate::decode::multiline::Rule;
 use crate::metrics::Metrics;
 use crate::record::Source;
 use crate::sink::encode::Template;
@@ -35,6 +36,8 @@ pub mod annotation {
     pub const RATE_LIMIT_BYTES: &str = "loglet.io/rate-limit-bytes";
     /// `loglet.io/sidecar.<container>`: that container is a streaming sidecar.
     pub const SIDECAR: &str = "loglet.io/sidecar";
+    /// Also `loglet.io/multiline.<container>` for one container of a Pod.
+    pub const MULTILINE: &str = "loglet.io/multiline";
 }
 
 /// How a streaming sidecar echoes its application's files.
@@ -149,6 +152,8 @@ pub struct Decision {
     pub rate: Option<Rate>,
     /// The container is a streaming sidecar of another one.
     pub sidecar: Option<Arc<SidecarSpec>>,
+    /// Lines are joined into records by this rule (stack traces).
+    pub multiline: Option<Arc<Rule>>,
 }
 
 impl Default for Decision {
@@ -162,6 +167,7 @@ impl Default for Decision {
             excluded: false,
             rate: None,
             sidecar: None,
+            multiline: None,
         }
     }
 }
@@ -188,6 +194,7 @@ struct Route {
     allowed_indices: Vec<Template>,
     /// A Splunk HEC sink is on the route: its index takes no date.
     dateless_index: bool,
+    multiline: Option<Arc<Rule>>,
 }
 
 /// The routes of a config, and the memory of which bad annotations were already reported.
@@ -343,6 +350,17 @@ impl Routes {
             Ok(Arc::new(spec))
         });
 
+        // `none` turns a Namespace's or route's rule off for a Pod or container.
+        let rule = |v: &str| match v.trim() {
+            "none" => Ok(None),
+            v => Rule::parse(v).map(|r| Some(Arc::new(r))),
+        };
+        let multiline_key = format!("{}.{}", annotation::MULTILINE, source.container);
+        let multiline = ctx
+            .pick_on(On::Pod, &multiline_key, rule)
+            .or_else(|| ctx.pick(annotation::MULTILINE, rule))
+            .unwrap_or_else(|| self.routes[chosen[0]].multiline.clone());
+
         Decision {
             route: self.routes[chosen[0]].name.clone(),
             sinks,
@@ -350,6 +368,7 @@ impl Routes {
             excluded,
             rate: self.rate(&ctx),
             sidecar,
+            multiline,
         }
     }
 
@@ -622,7 +641,15 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 "{key}.index: a Splunk HEC sink is on this route, and its index cannot take a date"
             ));
         }
+        let multiline = rc.multiline.as_deref().and_then(|m| match Rule::parse(m) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                p.push(format!("{key}.multiline: {e}"));
+                None
+            }
+        });
         out.push(Route {
+            multiline,
             dateless_index,
             name: Arc::from(name.as_str()),
             sinks,

@@ -23,6 +23,7 @@ use crossbeam_channel::Receiver;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ReadFrom, WatchMode};
+use crate::decode::multiline::{DEFAULT_MAX_LINES, Joiner, MultilineOptions};
 use crate::decode::{Clock, DecodeOptions, Decoded, Decoder, FileFormat};
 use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyError};
 use crate::kube::PodStore;
@@ -101,6 +102,8 @@ struct TailFile {
     acked_to: u64,
     /// This file's `Gz` copy is being read under the original's key.
     from_gz: bool,
+    /// Joins multi-line records (`loglet.io/multiline`), when the file's container has a rule.
+    joiner: Option<Joiner>,
 }
 
 impl TailFile {
@@ -112,12 +115,17 @@ impl TailFile {
     /// never past a partial line still being assembled.
     fn safe_offset(&self) -> u64 {
         let consumed = self.carry_start;
-        match self.decoder.as_ref().and_then(Decoder::pending_from) {
-            Some(p) => p.min(consumed),
-            None => consumed,
-        }
+        let held = self.joiner.as_ref().and_then(Joiner::pending_from);
+        [self.decoder.as_ref().and_then(Decoder::pending_from), held]
+            .into_iter()
+            .flatten()
+            .fold(consumed, u64::min)
     }
 }
+
+/// A stack trace is written in one go: a second without a line ends the record (Fluent Bit's
+/// multiline default is 2 s; a shorter wait ships the last record of a burst sooner).
+pub const MULTILINE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings the tailer takes from the config, checked once.
 pub struct TailSettings {
@@ -138,6 +146,7 @@ pub struct TailSettings {
     pub metadata_wait: Duration,
     /// Where each container's lines go.
     pub routes: Arc<Routes>,
+    pub multiline: MultilineOptions,
 }
 
 impl TailSettings {
@@ -168,6 +177,11 @@ impl TailSettings {
             batch_max_bytes: config.pipeline.batch_max_bytes.as_usize(),
             metadata_wait,
             routes,
+            multiline: MultilineOptions {
+                flush_timeout: MULTILINE_FLUSH_TIMEOUT,
+                max_bytes: logs.max_line_bytes.as_usize(),
+                max_lines: DEFAULT_MAX_LINES,
+            },
         }
     }
 }
@@ -700,6 +714,7 @@ impl Tailer {
             last_growth: now,
             acked_to: offset,
             from_gz: false,
+            joiner: None,
         };
         tracing::debug!(path = %f.found.host_path, offset, "following a new log file");
         self.files.insert(key, f);
@@ -785,6 +800,7 @@ impl Tailer {
             last_growth: now,
             acked_to: offset,
             from_gz: true,
+            joiner: None,
         };
         self.files.insert(orig_key, f);
         self.by_dir = None;
@@ -1043,6 +1059,30 @@ impl Tailer {
             self.metrics.partial_flushed.inc_by(st.flushed);
         }
         let source = f.source.clone();
+        // Multi-line records are joined first (a held record keeps the checkpoint back).
+        let rule = source.routing.multiline.as_ref();
+        if f.joiner.as_ref().map(Joiner::rule) != rule {
+            let mut held = Vec::new();
+            if let Some(mut old) = f.joiner.take() {
+                old.flush_all(&mut held);
+            }
+            f.joiner = rule.map(|r| Joiner::new(r.clone(), self.s.multiline));
+            held.append(&mut self.decoded);
+            self.decoded = held;
+        }
+        if let Some(j) = f.joiner.as_mut() {
+            let now = Instant::now();
+            let mut joined = Vec::with_capacity(self.decoded.len());
+            for d in self.decoded.drain(..) {
+                j.push(d, now, &mut joined);
+            }
+            if flush {
+                j.flush_all(&mut joined);
+            } else {
+                j.flush_expired(now, &mut joined);
+            }
+            self.decoded = joined;
+        }
         // A streaming sidecar's lines pass through its stage, which may hold some back.
         let mut stage_state = None;
         let mut stage_from = None;
@@ -1237,6 +1277,14 @@ impl Tailer {
                 self.emit(key);
             }
             let f = self.files.get(&key).expect("file present");
+            if f.joiner
+                .as_ref()
+                .and_then(Joiner::next_deadline)
+                .is_some_and(|t| t <= now)
+            {
+                self.emit(key);
+            }
+            let f = self.files.get(&key).expect("file present");
             let drained = f.handle.is_some() && f.unread() == 0 && !self.ready.contains(&key);
             let idle = now.duration_since(f.last_growth) >= linger;
             match f.life {
@@ -1404,7 +1452,13 @@ impl Tailer {
         self.files
             .values()
             .filter_map(|f| {
-                let partial = f.decoder.as_ref().and_then(Decoder::next_deadline);
+                let partial = [
+                    f.decoder.as_ref().and_then(Decoder::next_deadline),
+                    f.joiner.as_ref().and_then(Joiner::next_deadline),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 let close = (f.handle.is_some()
                     && (f.found.kind == FileKind::Rotated || matches!(f.life, Life::Gone { .. })))
                 .then(|| f.last_growth + linger);

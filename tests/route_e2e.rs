@@ -383,3 +383,65 @@ fn a_config_reload_swaps_sinks_with_no_loss_and_an_invalid_one_is_refused() {
     assert!(!b.es.is_empty() && a.es.len() >= 2000);
     assert_eq!(l.stop(), 0);
 }
+
+#[test]
+fn a_java_stack_trace_arrives_as_one_record_where_the_namespace_asks_for_it() {
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("shop", &[]),
+        &[("loglet.io/multiline", "java")],
+    ));
+    // One container of the Pod opts out.
+    api.apply_pod(&with_annotations(
+        with_containers(
+            pod("shop", "api-1", "uid-api", NODE),
+            &[("app", "shop/api:1"), ("raw", "busybox")],
+        ),
+        &[("loglet.io/multiline.raw", "none")],
+    ));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut app = node.container("shop", "api-1", "uid-api", "app");
+    let mut raw = node.container("shop", "api-1", "uid-api", "raw");
+    // A frame longer than containerd's 16 KiB split: the partial merge comes first.
+    let long_frame = format!("\tat com.example.{}(Gen.java:1)", "x".repeat(20_000));
+    let trace = [
+        "2024-05-01 10:00:00 ERROR [main] c.e.Api - request failed",
+        "java.lang.IllegalStateException: boom",
+        "\tat com.example.Api.handle(Api.java:42)",
+        &long_frame,
+        "Caused by: java.io.IOException: disk full",
+        "\tat com.example.Store.write(Store.java:7)",
+        "\t... 2 more",
+    ];
+    for l in trace {
+        app.line("stderr", l.as_bytes());
+        raw.line("stderr", l.as_bytes());
+    }
+    app.line("stdout", b"served /health");
+    app.line("stderr", b"2024-05-01 10:00:01 INFO [main] c.e.Api - recovered");
+    let l = start(&node, &work, &api, "", "  out:\n    type: stdout\n");
+    let records = wait_until(Duration::from_secs(30), "the trace and the rest", || {
+        let r = l.stdout_records();
+        (r.len() >= 3 + trace.len()).then_some(r)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let records = if l.stdout_records().len() > records.len() {
+        l.stdout_records()
+    } else {
+        records
+    };
+    let of = |c: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["kubernetes"]["container"] == c)
+            .map(|r| r["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let app_records = of("app");
+    assert_eq!(app_records.len(), 3, "{app_records:#?}");
+    assert!(app_records.contains(&trace.join("\n")), "the whole trace in one record");
+    assert!(app_records.contains(&"served /health".to_string()));
+    assert_eq!(of("raw").len(), trace.len(), "the container that opted out");
+    assert_eq!(l.stop(), 0);
+}
