@@ -67,9 +67,6 @@ pub struct RouteConfig {
     /// (`logs-{namespace}-*`).
     #[serde(default)]
     pub allowed_indices: Vec<String>,
-    /// `json` or `logfmt`: lift the fields of each line into the record.
-    #[serde(default)]
-    pub parser: Option<String>,
     /// Multiline rule applied to every container on the route: `java`, `python`, `go`, `node`
     /// or `regex:<start pattern>`.
     #[serde(default)]

@@ -586,7 +586,6 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 allowed_tenants: Vec::new(),
                 index: None,
                 allowed_indices: Vec::new(),
-                parser: None,
                 multiline: None,
             },
         )]);

@@ -419,7 +419,10 @@ fn a_java_stack_trace_arrives_as_one_record_where_the_namespace_asks_for_it() {
         raw.line("stderr", l.as_bytes());
     }
     app.line("stdout", b"served /health");
-    app.line("stderr", b"2024-05-01 10:00:01 INFO [main] c.e.Api - recovered");
+    app.line(
+        "stderr",
+        b"2024-05-01 10:00:01 INFO [main] c.e.Api - recovered",
+    );
     let l = start(&node, &work, &api, "", "  out:\n    type: stdout\n");
     let records = wait_until(Duration::from_secs(30), "the trace and the rest", || {
         let r = l.stdout_records();
@@ -440,7 +443,10 @@ fn a_java_stack_trace_arrives_as_one_record_where_the_namespace_asks_for_it() {
     };
     let app_records = of("app");
     assert_eq!(app_records.len(), 3, "{app_records:#?}");
-    assert!(app_records.contains(&trace.join("\n")), "the whole trace in one record");
+    assert!(
+        app_records.contains(&trace.join("\n")),
+        "the whole trace in one record"
+    );
     assert!(app_records.contains(&"served /health".to_string()));
     assert_eq!(of("raw").len(), trace.len(), "the container that opted out");
     assert_eq!(l.stop(), 0);

@@ -136,7 +136,9 @@ fn exception_header(line: &[u8]) -> bool {
     let name = &line[..name_len];
     let rest = &line[name_len..];
     name.contains(&b'.')
-        && (name.ends_with(b"Exception") || name.ends_with(b"Error") || name.ends_with(b"Throwable"))
+        && (name.ends_with(b"Exception")
+            || name.ends_with(b"Error")
+            || name.ends_with(b"Throwable"))
         && (rest.is_empty() || rest.starts_with(b": "))
 }
 
@@ -153,10 +155,7 @@ fn python_exception(line: &[u8]) -> bool {
 
 /// `main.main()`, `net/http.(*conn).serve(0xc000)`: a Go frame's function line.
 fn go_function(line: &[u8]) -> bool {
-    !indented(line)
-        && line.ends_with(b")")
-        && line.contains(&b'(')
-        && !line.contains(&b' ')
+    !indented(line) && line.ends_with(b")") && line.contains(&b'(') && !line.contains(&b' ')
 }
 
 /// Limits of one joined record.
@@ -274,8 +273,7 @@ impl Joiner {
         let timeout = self.opts.flush_timeout;
         let mut done: Vec<Decoded> = Vec::new();
         for g in &mut self.groups {
-            if g
-                .as_ref()
+            if g.as_ref()
                 .is_some_and(|g| now.saturating_duration_since(g.since) >= timeout)
             {
                 done.push(g.take().expect("present").finish());
@@ -385,7 +383,13 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:#?}");
         assert_eq!(got[0], JAVA[..7].join("\n"));
         assert_eq!(got[1], JAVA[7]);
-        let plain = texts(&["Exception in thread \"main\" java.lang.Error: x", "\tat A.b(A.java:1)"], "java");
+        let plain = texts(
+            &[
+                "Exception in thread \"main\" java.lang.Error: x",
+                "\tat A.b(A.java:1)",
+            ],
+            "java",
+        );
         assert_eq!(plain.len(), 1);
     }
 
@@ -452,7 +456,10 @@ mod tests {
         ];
         let got = join("java", &lines, opts());
         assert_eq!(got.len(), 2);
-        assert_eq!(&got[0].line[..], b"java.lang.Error: out\n\tat A.out(A.java:1)");
+        assert_eq!(
+            &got[0].line[..],
+            b"java.lang.Error: out\n\tat A.out(A.java:1)"
+        );
         assert_eq!((got[0].start, got[0].time_ns), (0, 0));
         assert_eq!(got[1].stream, Stream::Stderr);
         assert_eq!(got[1].start, 21);
