@@ -83,6 +83,7 @@ fn records() -> Vec<Record> {
                 Stream::Stdout
             },
             flags: 0,
+            fields: None,
             source: sources[i % PODS].clone(),
         })
         .collect()

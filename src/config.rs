@@ -67,6 +67,9 @@ pub struct RouteConfig {
     /// (`logs-{namespace}-*`).
     #[serde(default)]
     pub allowed_indices: Vec<String>,
+    /// `json` or `logfmt`: lift the fields of each line into the record (JSON sinks).
+    #[serde(default)]
+    pub parser: Option<String>,
     /// Multiline rule applied to every container on the route: `java`, `python`, `go`, `node`
     /// or `regex:<start pattern>`.
     #[serde(default)]

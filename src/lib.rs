@@ -8,6 +8,7 @@ pub mod decode;
 pub mod discover;
 pub mod kube;
 pub mod metrics;
+pub mod parse;
 pub mod pipeline;
 pub mod pool;
 pub mod record;

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Records dropped by a namespace's rate limit, by namespace (bounded by the namespaces on
     /// the node).
     pub rate_limited_records: IntCounterVec,
+    /// Lines a parser was applied to, by `parser` and `result` (lifted, unparsed).
+    pub parsed_lines: IntCounterVec,
     /// Config file changes, by `result` (applied, invalid).
     pub config_reloads: IntCounterVec,
 
@@ -330,6 +332,12 @@ impl Metrics {
                 "loglet_rate_limited_records_total",
                 "Records dropped by a namespace's rate limit, by namespace",
                 &["namespace"],
+            ),
+            parsed_lines: counter_vec(
+                &r,
+                "loglet_parsed_lines_total",
+                "Lines a parser (loglet.io/parser) was applied to: fields lifted, or the line did not parse and went out as it was",
+                &["parser", "result"],
             ),
             config_reloads: counter_vec(
                 &r,

@@ -52,6 +52,9 @@ pub struct Record {
     pub stream: Stream,
     /// Bits from [`flags`].
     pub flags: u8,
+    /// Fields lifted from the line by its container's parser (`loglet.io/parser`): the members
+    /// of a JSON object without braces, for JSON sinks to splice in.
+    pub fields: Option<Bytes>,
     /// The file and Pod the line came from.
     pub source: Arc<Source>,
 }

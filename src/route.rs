@@ -21,6 +21,7 @@ use crate::config::{
 };
 use crate::decode::multiline::Rule;
 use crate::metrics::Metrics;
+use crate::parse::Parser;
 use crate::record::Source;
 use crate::sink::encode::Template;
 
@@ -38,6 +39,8 @@ pub mod annotation {
     pub const SIDECAR: &str = "loglet.io/sidecar";
     /// Also `loglet.io/multiline.<container>` for one container of a Pod.
     pub const MULTILINE: &str = "loglet.io/multiline";
+    /// Also `loglet.io/parser.<container>`.
+    pub const PARSER: &str = "loglet.io/parser";
 }
 
 /// How a streaming sidecar echoes its application's files.
@@ -154,6 +157,8 @@ pub struct Decision {
     pub sidecar: Option<Arc<SidecarSpec>>,
     /// Lines are joined into records by this rule (stack traces).
     pub multiline: Option<Arc<Rule>>,
+    /// Fields are lifted from each line by this parser.
+    pub parser: Option<Parser>,
 }
 
 impl Default for Decision {
@@ -168,6 +173,7 @@ impl Default for Decision {
             rate: None,
             sidecar: None,
             multiline: None,
+            parser: None,
         }
     }
 }
@@ -195,6 +201,7 @@ struct Route {
     /// A Splunk HEC sink is on the route: its index takes no date.
     dateless_index: bool,
     multiline: Option<Arc<Rule>>,
+    parser: Option<Parser>,
 }
 
 /// The routes of a config, and the memory of which bad annotations were already reported.
@@ -361,6 +368,16 @@ impl Routes {
             .or_else(|| ctx.pick(annotation::MULTILINE, rule))
             .unwrap_or_else(|| self.routes[chosen[0]].multiline.clone());
 
+        let parser = |v: &str| match v.trim() {
+            "none" => Ok(None),
+            v => Parser::parse(v).map(Some),
+        };
+        let parser_key = format!("{}.{}", annotation::PARSER, source.container);
+        let parser = ctx
+            .pick_on(On::Pod, &parser_key, parser)
+            .or_else(|| ctx.pick(annotation::PARSER, parser))
+            .unwrap_or(self.routes[chosen[0]].parser);
+
         Decision {
             route: self.routes[chosen[0]].name.clone(),
             sinks,
@@ -369,6 +386,7 @@ impl Routes {
             rate: self.rate(&ctx),
             sidecar,
             multiline,
+            parser,
         }
     }
 
@@ -586,6 +604,7 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 allowed_tenants: Vec::new(),
                 index: None,
                 allowed_indices: Vec::new(),
+                parser: None,
                 multiline: None,
             },
         )]);
@@ -647,7 +666,15 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 None
             }
         });
+        let parser = rc.parser.as_deref().and_then(|v| match Parser::parse(v) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                p.push(format!("{key}.parser: {e}"));
+                None
+            }
+        });
         out.push(Route {
+            parser,
             multiline,
             dateless_index,
             name: Arc::from(name.as_str()),

@@ -1133,6 +1133,7 @@ impl Tailer {
             });
             let now = Instant::now();
             let (mut shipped, mut limited) = (0u64, 0u64);
+            let (mut lifted, mut unparsed) = (0u64, 0u64);
             for (d, source) in self.staged.drain(..) {
                 if let Some(b) = bucket.as_mut()
                     && !b.take(d.line.len(), now)
@@ -1142,11 +1143,20 @@ impl Tailer {
                 }
                 shipped += 1;
                 self.pending.bytes += d.line.len();
+                let fields = routing
+                    .parser
+                    .and_then(|p| crate::parse::lift(p, &d.line, crate::parse::RESERVED));
+                if fields.is_some() {
+                    lifted += 1;
+                } else if routing.parser.is_some() {
+                    unparsed += 1;
+                }
                 self.pending.records.push(Record {
                     line: d.line,
                     time_ns: d.time_ns,
                     stream: d.stream,
                     flags: d.flags,
+                    fields,
                     source,
                 });
             }
@@ -1154,6 +1164,12 @@ impl Tailer {
                 .route_records
                 .with_label_values(&[&routing.route])
                 .inc_by(shipped);
+            if let Some(p) = routing.parser {
+                let name = p.as_str();
+                let m = &self.metrics.parsed_lines;
+                m.with_label_values(&[name, "lifted"]).inc_by(lifted);
+                m.with_label_values(&[name, "unparsed"]).inc_by(unparsed);
+            }
             if limited > 0 {
                 let m = &self.metrics;
                 m.records_discarded

@@ -451,3 +451,64 @@ fn a_java_stack_trace_arrives_as_one_record_where_the_namespace_asks_for_it() {
     assert_eq!(of("raw").len(), trace.len(), "the container that opted out");
     assert_eq!(l.stop(), 0);
 }
+
+#[test]
+fn json_and_logfmt_lines_have_their_fields_lifted_and_other_lines_pass_unchanged() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("shop", &[]),
+        &[("loglet.io/parser", "json")],
+    ));
+    api.apply_pod(&with_annotations(
+        with_containers(
+            pod("shop", "api-1", "uid-api", NODE),
+            &[("app", "shop/api:1"), ("proxy", "envoy")],
+        ),
+        &[("loglet.io/parser.proxy", "logfmt")],
+    ));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut app = node.container("shop", "api-1", "uid-api", "app");
+    let mut proxy = node.container("shop", "api-1", "uid-api", "proxy");
+    let structured = r#"{"level":"error","message":"db down","attempt":3,"ctx":{"db":"orders"}}"#;
+    app.line("stdout", structured.as_bytes());
+    app.line("stdout", b"not json at all");
+    proxy.line("stdout", br#"level=info path=/cart msg="took 3 ms""#);
+    let sinks = format!(
+        "  es:\n    type: elasticsearch\n    url: {}\n  out:\n    type: stdout\n",
+        es.url
+    );
+    let l = start(&node, &work, &api, "", &sinks);
+    let records = wait_until(Duration::from_secs(30), "three records", || {
+        let r = l.stdout_records();
+        (r.len() == 3).then_some(r)
+    });
+    let by = |m: &str| records.iter().find(|r| r["message"] == m).unwrap().clone();
+    let r = by(structured);
+    assert_eq!(r["level"], "error", "{r}");
+    assert_eq!(r["_message"], "db down", "a clashing key is renamed");
+    assert_eq!(r["attempt"], 3);
+    assert_eq!(r["ctx"]["db"], "orders");
+    let r = by("not json at all");
+    assert!(r.get("level").is_none(), "{r}");
+    let r = by(r#"level=info path=/cart msg="took 3 ms""#);
+    assert_eq!(
+        (r["level"].as_str(), r["msg"].as_str()),
+        (Some("info"), Some("took 3 ms"))
+    );
+    assert!(rt.block_on(es.wait_until(Duration::from_secs(10), |r| r.es.len() == 3)));
+    let doc = es
+        .received()
+        .es
+        .into_iter()
+        .find(|d| d.doc["message"] == structured)
+        .unwrap();
+    assert_eq!(doc.doc["ctx"]["db"], "orders", "{:?}", doc.doc);
+    assert_eq!(
+        l.metric("loglet_parsed_lines_total{parser=\"json\",result=\"unparsed\"}"),
+        1.0
+    );
+    assert_eq!(l.stop(), 0);
+}

@@ -80,6 +80,7 @@ fn rec(source: &Arc<Source>, line: &str, time_ns: i64, stream: Stream) -> Record
         time_ns,
         stream,
         flags: 0,
+        fields: None,
         source: source.clone(),
     }
 }

@@ -18,7 +18,7 @@ use super::encode::{
     FormatError, SourceCache, Template, parse_template, path_unless_present, read_secret,
 };
 use super::format::{Encoder, Format, Outcome, body_sample, retry_after};
-use super::json::{source_members, write_rfc3339, write_str};
+use super::json::{source_members, write_fields, write_rfc3339, write_str};
 use crate::config::{EsAction, SinkConfig};
 use crate::record::{PodMeta, Record, Source, flags};
 
@@ -428,6 +428,7 @@ impl Encoder for EsEncoder {
             if r.flags & flags::TRUNCATED != 0 {
                 out.extend_from_slice(b",\"truncated\":true");
             }
+            write_fields(out, r);
             out.extend_from_slice(&entry.doc_tail);
         }
     }

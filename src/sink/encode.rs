@@ -552,6 +552,7 @@ pub(crate) mod tests {
             time_ns,
             stream,
             flags: 0,
+            fields: None,
             source: source.clone(),
         }
     }

@@ -311,6 +311,15 @@ impl FragmentCache {
     }
 }
 
+/// Splices a record's lifted fields (`loglet.io/parser`) into the event being written, after a
+/// member: `,"level":"info",…`.
+pub fn write_fields(out: &mut Vec<u8>, r: &Record) {
+    if let Some(f) = &r.fields {
+        out.push(b',');
+        out.extend_from_slice(f);
+    }
+}
+
 /// Encodes records as loglet's JSON event, one object per line (NDJSON):
 /// `{"time":…,"stream":…,"message":…,"kubernetes":{…},"file":…}`; used by the `http` and
 /// `stdout` sinks.
@@ -344,6 +353,7 @@ impl super::format::Encoder for NdjsonEncoder {
             if r.flags & flags::TRUNCATED != 0 {
                 out.extend_from_slice(b",\"truncated\":true");
             }
+            write_fields(out, r);
             out.push(b',');
             out.extend_from_slice(self.fragments.get(&r.source));
             out.extend_from_slice(b"}\n");
@@ -483,6 +493,7 @@ mod tests {
                 time_ns: 1_475_713_029_669_794_202,
                 stream: Stream::Stdout,
                 flags: 0,
+                fields: None,
                 source: src.clone(),
             },
             Record {
@@ -490,6 +501,7 @@ mod tests {
                 time_ns: 0,
                 stream: Stream::Stderr,
                 flags: flags::TRUNCATED,
+                fields: None,
                 source: src,
             },
         ];
