@@ -829,26 +829,19 @@ routing:
         r.decide(&source(&pod, &ns));
         assert_eq!(errors(&m, "loglet.io/tenant"), 1);
 
-        let d = r.decide(&source(&[("loglet.io/index", "logs-shop-audit-%Y")], &ns));
         let s = source(&[], &[]);
+        let index = |pod: &[(&str, &str)]| {
+            let d = r.decide(&source(pod, &ns));
+            let t = d.target(0).unwrap().index.as_ref().unwrap();
+            t.to_string_for(&s, None, 0)
+        };
         assert_eq!(
-            d.target(0)
-                .unwrap()
-                .index
-                .as_ref()
-                .unwrap()
-                .to_string_for(&s, None, 0),
+            index(&[("loglet.io/index", "logs-shop-audit-%Y")]),
             "logs-shop-audit-1970"
         );
         for bad in ["logs-payments-x", "logs-{pod}", ""] {
-            let d = r.decide(&source(&[("loglet.io/index", bad)], &ns));
             assert_eq!(
-                d.target(0)
-                    .unwrap()
-                    .index
-                    .as_ref()
-                    .unwrap()
-                    .to_string_for(&s, None, 0),
+                index(&[("loglet.io/index", bad)]),
                 "logs-shop-1970.01.01",
                 "{bad}"
             );

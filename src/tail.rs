@@ -1145,7 +1145,8 @@ impl Tailer {
                 self.pending.bytes += d.line.len();
                 let fields = routing
                     .parser
-                    .and_then(|p| crate::parse::lift(p, &d.line, crate::parse::RESERVED));
+                    .and_then(|p| crate::parse::lift(p, &d.line, crate::parse::RESERVED))
+                    .map(Box::new);
                 if fields.is_some() {
                     lifted += 1;
                 } else if routing.parser.is_some() {

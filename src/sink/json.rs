@@ -316,7 +316,7 @@ impl FragmentCache {
 pub fn write_fields(out: &mut Vec<u8>, r: &Record) {
     if let Some(f) = &r.fields {
         out.push(b',');
-        out.extend_from_slice(f);
+        out.extend_from_slice(f.as_ref());
     }
 }
 
