@@ -67,6 +67,10 @@ pub struct RouteConfig {
     /// (`logs-{namespace}-*`).
     #[serde(default)]
     pub allowed_indices: Vec<String>,
+    /// Labels added to every record of the route: Loki stream labels, and a `labels` object in
+    /// JSON events.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// `json` or `logfmt`: lift the fields of each line into the record (JSON sinks).
     #[serde(default)]
     pub parser: Option<String>,

@@ -51,6 +51,7 @@ pub const RESERVED: &[&str] = &[
     "truncated",
     "kubernetes",
     "file",
+    "labels",
 ];
 
 /// The fields of `line` as JSON object members without braces (`"level":"info","n":3`), or

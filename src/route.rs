@@ -159,6 +159,8 @@ pub struct Decision {
     pub multiline: Option<Arc<Rule>>,
     /// Fields are lifted from each line by this parser.
     pub parser: Option<Parser>,
+    /// The route's extra labels (of the first chosen route that has any).
+    pub labels: Arc<[(String, String)]>,
 }
 
 impl Default for Decision {
@@ -174,6 +176,7 @@ impl Default for Decision {
             sidecar: None,
             multiline: None,
             parser: None,
+            labels: Arc::new([]),
         }
     }
 }
@@ -202,6 +205,7 @@ struct Route {
     dateless_index: bool,
     multiline: Option<Arc<Rule>>,
     parser: Option<Parser>,
+    labels: Arc<[(String, String)]>,
 }
 
 /// The routes of a config, and the memory of which bad annotations were already reported.
@@ -387,6 +391,12 @@ impl Routes {
             sidecar,
             multiline,
             parser,
+            labels: chosen
+                .iter()
+                .map(|&r| &self.routes[r].labels)
+                .find(|l| !l.is_empty())
+                .cloned()
+                .unwrap_or_else(|| Arc::new([])),
         }
     }
 
@@ -604,6 +614,7 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 allowed_tenants: Vec::new(),
                 index: None,
                 allowed_indices: Vec::new(),
+                labels: BTreeMap::new(),
                 parser: None,
                 multiline: None,
             },
@@ -673,7 +684,21 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 None
             }
         });
+        for name in rc.labels.keys() {
+            let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                p.push(format!(
+                    "{key}.labels: `{name}` is not a label name (letters, digits and _, not starting with a digit)"
+                ));
+            }
+        }
         out.push(Route {
+            labels: rc
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             parser,
             multiline,
             dateless_index,
@@ -734,6 +759,7 @@ routes:
   default: {sinks: [loki], tenant: shared}
   teams:
     sinks: [loki, es]
+    labels: {team_route: teams}
     tenant: '{namespace}'
     allowed_tenants: ['{namespace}', '{namespace}-audit']
     index: 'logs-{namespace}-%Y.%m.%d'
@@ -797,6 +823,10 @@ routing:
 
         let d = r.decide(&source(&[], &[("loglet.io/route", "teams")]));
         assert_eq!((d.sinks, &*d.route), (0b11, "teams"));
+        assert_eq!(
+            &d.labels[..],
+            [("team_route".to_string(), "teams".to_string())]
+        );
         assert_eq!(d.target(1).unwrap().tenant.as_deref(), Some("shop"));
         let index = d.target(0).unwrap().index.as_ref().unwrap();
         let s = source(&[], &[]);
@@ -961,7 +991,7 @@ sinks: {a: {type: stdout}, h: {type: splunk_hec, url: 'http://127.0.0.1:1', splu
 routes:
   r1: {sinks: [a, b], index: 'x-{nope}'}
   r2: {sinks: []}
-  r3: {sinks: [h], index: 'logs-%Y'}
+  r3: {sinks: [h], index: 'logs-%Y', labels: {'9x': a}}
 routing: {default_route: r4, namespace_rate_limit: {lines_per_second: 0}}
 ";
         let err = Config::parse_str(text, std::path::Path::new("t.yaml"))
@@ -973,6 +1003,7 @@ routing: {default_route: r4, namespace_rate_limit: {lines_per_second: 0}}
             "routes.r2.sinks: a route needs at least one sink",
             "routing.default_route: `r4` is not a route",
             "routes.r3.index: a Splunk HEC sink is on this route",
+            "routes.r3.labels: `9x` is not a label name",
             "routing.namespace_rate_limit.lines_per_second: must be above 0",
         ] {
             assert!(err.contains(want), "{want} missing from {err}");

@@ -138,6 +138,7 @@ fn namespaces_and_pods_choose_routes_tenants_and_indices_and_changes_apply_at_ru
   default: {sinks: [loki], tenant: shared}
   teams:
     sinks: [loki, es]
+    labels: {route: teams}
     tenant: '{namespace}'
     allowed_tenants: ['{namespace}', '{namespace}-audit']
     index: 'logs-{namespace}-%Y.%m.%d'
@@ -162,6 +163,14 @@ fn namespaces_and_pods_choose_routes_tenants_and_indices_and_changes_apply_at_ru
     ]);
     let got = rt.block_on(es.wait_until(Duration::from_secs(10), |r| es_by_index(r) == want_es));
     assert!(got, "es: {:?}", es_by_index(&es.received()));
+    // The route's extra labels: a Loki stream label, and `labels` in the JSON document.
+    for e in loki.received().loki {
+        let want = (e.line == "web 1" || e.line == "audit 1").then_some("teams");
+        assert_eq!(e.labels.get("route").map(String::as_str), want, "{e:?}");
+    }
+    for d in es.received().es {
+        assert_eq!(d.doc["labels"]["route"], "teams", "{:?}", d.doc);
+    }
     assert_eq!(
         l.metric("loglet_annotation_errors_total{annotation=\"loglet.io/tenant\"}"),
         1.0

@@ -352,8 +352,8 @@ fn doc_tail(source: &Source, replace_dots: bool) -> Vec<u8> {
                 container_id: source.container_id.clone(),
                 restart_count: source.restart_count,
                 pod_meta: Some(Arc::new(meta)),
-                routing: Default::default(),
-                sidecar: None,
+                routing: source.routing.clone(),
+                sidecar: source.sidecar.clone(),
             };
             source_members(&copy, &mut out);
         }

@@ -270,6 +270,17 @@ pub fn source_members(source: &Source, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b"},\"file\":");
     write_str(out, source.path.as_bytes());
+    let labels = &source.routing.labels;
+    if !labels.is_empty() {
+        out.push(b',');
+        write_str(out, b"labels");
+        out.extend_from_slice(b":{");
+        let mut first = true;
+        for (k, v) in labels.iter() {
+            write_field(out, &mut first, k, v);
+        }
+        out.push(b'}');
+    }
 }
 
 /// Per-source byte fragments, computed once per `Source::id` and reused for every record.

@@ -472,6 +472,12 @@ impl LokiEncoder {
                     Some((l.name.as_str(), clamp_label_value(v)))
                 })
                 .collect();
+            // The route's extra labels (names checked by the config), after the sink's own.
+            for (k, v) in source.routing.labels.iter() {
+                if !pairs.iter().any(|(n, _)| n == k) {
+                    pairs.push((k.as_str(), clamp_label_value(v)));
+                }
+            }
             if pairs.is_empty() {
                 pairs.push(FALLBACK_LABEL);
             }
