@@ -799,6 +799,16 @@ impl Config {
     }
 }
 
+/// A value sent in an HTTP header (a key, a token) must be one, or the sink fails at start;
+/// the message does not repeat the value, which may be a secret.
+fn secret_header_problem(key: &str, value: &str, p: &mut Vec<String>) {
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        p.push(format!(
+            "{key}: not a valid HTTP header value (a line break or control character?)"
+        ));
+    }
+}
+
 impl SinkConfig {
     fn problems(&self, key: &str, p: &mut Vec<String>) {
         match self.kind {
@@ -856,12 +866,22 @@ impl SinkConfig {
             }
             _ => {}
         }
-        for name in self.headers.keys() {
+        for (name, value) in &self.headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 p.push(format!(
                     "{key}.headers: `{name}` is not a valid header name"
                 ));
             }
+            secret_header_problem(&format!("{key}.headers.{name}"), value, p);
+        }
+        if let Some(AuthConfig::Bearer { token: Some(t), .. }) = &self.auth {
+            secret_header_problem(&format!("{key}.auth.bearer.token"), t, p);
+        }
+        if let Some(Secret(k)) = self.elasticsearch.as_ref().and_then(|o| o.api_key.as_ref()) {
+            secret_header_problem(&format!("{key}.elasticsearch.api_key"), k, p);
+        }
+        if let Some(Secret(t)) = self.splunk_hec.as_ref().and_then(|o| o.token.as_ref()) {
+            secret_header_problem(&format!("{key}.splunk_hec.token"), t, p);
         }
         backend_problems(self, key, p);
     }
@@ -1379,6 +1399,22 @@ mod sink_option_tests {
             ),
             ""
         );
+    }
+
+    #[test]
+    fn secrets_that_cannot_be_headers_are_problems_without_their_value() {
+        let p = problems(
+            "    type: elasticsearch\n    url: http://es/\n    elasticsearch: {api_key: \"abc\\ndef\"}\n",
+        );
+        assert!(
+            p.contains("sinks.out.elasticsearch.api_key: not a valid HTTP header value"),
+            "{p}"
+        );
+        assert!(!p.contains("abc"), "{p}");
+        let p = problems(
+            "    type: splunk_hec\n    url: http://h/\n    splunk_hec: {token: \"t\\u0007\"}\n",
+        );
+        assert!(p.contains("sinks.out.splunk_hec.token: not a valid"), "{p}");
     }
 
     #[test]
