@@ -506,14 +506,38 @@ impl Tailer {
     /// Applies what a scan found: new and moved files, then files that went away (drained
     /// through their descriptor), then `.gz` files (which may hold the rest of one that went
     /// away unread), and last the loss of what nothing holds any more.
-    fn apply_scan(&mut self, found: Vec<Found>, in_scope: impl Fn(&TailFile) -> bool) {
-        let seen: HashSet<FileKey> = found
+    fn apply_scan(&mut self, mut found: Vec<Found>, in_scope: impl Fn(&TailFile) -> bool) {
+        let key_of = |f: &Found| FileKey {
+            dev: f.dev,
+            ino: f.ino,
+        };
+        let mut seen: HashSet<FileKey> = found.iter().map(key_of).collect();
+        // A rename during the listing (readdir saw the old name, the stat found the new file
+        // there) hides the renamed file from this scan: list its directory again before taking
+        // it for deleted, or its lines would be read after the new file's.
+        let missing: HashSet<PathBuf> = self
+            .files
             .iter()
-            .map(|f| FileKey {
-                dev: f.dev,
-                ino: f.ino,
+            .filter(|(k, f)| {
+                !seen.contains(k) && f.life == Life::Present && !f.from_gz && in_scope(f)
             })
+            .filter_map(|(_, f)| f.found.path.parent().map(Path::to_path_buf))
             .collect();
+        for dir in missing {
+            let mut again = Vec::new();
+            if self
+                .s
+                .layout
+                .scan_container_dir(&dir, &self.s.filter, &mut again)
+                .is_ok()
+            {
+                for f in again {
+                    if seen.insert(key_of(&f)) {
+                        found.push(f);
+                    }
+                }
+            }
+        }
         let (gz, plain): (Vec<Found>, Vec<Found>) =
             found.into_iter().partition(|f| f.kind == FileKind::Gz);
         for f in plain {
@@ -736,6 +760,15 @@ impl Tailer {
         let Some(fp) = fp else {
             return;
         };
+        // The compressed copy of a file still being read from its descriptor, renamed and
+        // compressed between two scans: its name now tells its place in the rotation order
+        // (the current name it was last seen under would put it after newer rotated files).
+        if let Some(f) = self.files.values_mut().find(|f| {
+            f.fingerprint == Some(fp) && !f.from_gz && matches!(f.life, Life::Gone { .. })
+        }) {
+            f.found.host_path.clone_from(&found.host_path);
+            self.by_dir = None;
+        }
         if self.shipped.contains_key(&fp) {
             return;
         }
@@ -822,19 +855,54 @@ impl Tailer {
             return false;
         }
         let mut progressed = false;
+        // Where a container instance has several files (around a rotation), an older one's size
+        // may predate its last writes (made just before the rename, not read yet): look again,
+        // or the newer file would be read ahead of lines the older one still has.
+        let mut group: HashMap<(&str, u32), u32> = HashMap::new();
+        for f in self.files.values() {
+            if let Some(dir) = container_dir(&f.found.host_path) {
+                *group.entry((dir, f.found.restart)).or_default() += 1;
+            }
+        }
+        let crowded: HashSet<FileKey> = self
+            .files
+            .values()
+            .filter(|f| {
+                f.unread() == 0
+                    && container_dir(&f.found.host_path)
+                        .is_some_and(|d| group.get(&(d, f.found.restart)) > Some(&1))
+            })
+            .map(|f| f.key)
+            .collect();
+        for key in crowded {
+            if let Some(f) = self.files.get_mut(&key)
+                && let Some(Handle::Plain(file)) = &f.handle
+                && let Ok(meta) = file.metadata()
+                && meta.len() > f.size
+            {
+                f.size = meta.len();
+                self.ready.insert(key);
+            }
+        }
         // Of each container instance's files, only the oldest with lines left is read: order is
         // kept across rotation, also when several rotated (or compressed) files wait, as after
         // loglet was down through rotations.
-        let mut oldest: HashMap<(&str, u32), (bool, &str)> = HashMap::new();
+        // Between two files at the same name (a rename not seen yet), the one known longer is
+        // the older.
+        type Age<'a> = ((bool, &'a str), Instant);
+        fn age(f: &TailFile) -> Age<'_> {
+            (rotation_age(&f.found.host_path), f.first_seen)
+        }
+        let mut oldest: HashMap<(&str, u32), Age<'_>> = HashMap::new();
         for f in self.files.values().filter(|f| f.unread() > 0) {
             let Some(dir) = container_dir(&f.found.host_path) else {
                 continue;
             };
-            let age = rotation_age(&f.found.host_path);
+            let a = age(f);
             oldest
                 .entry((dir, f.found.restart))
-                .and_modify(|o| *o = (*o).min(age))
-                .or_insert(age);
+                .and_modify(|o| *o = (*o).min(a))
+                .or_insert(a);
         }
         let blocked: HashSet<FileKey> = self
             .files
@@ -843,7 +911,7 @@ impl Tailer {
                 container_dir(&f.found.host_path).is_some_and(|d| {
                     oldest
                         .get(&(d, f.found.restart))
-                        .is_some_and(|o| *o < rotation_age(&f.found.host_path))
+                        .is_some_and(|o| *o < age(f))
                 })
             })
             .map(|f| f.key)

@@ -256,9 +256,10 @@ impl World {
                 self.rotated[c].push(p);
             }
             Op::Gzip { c } => {
-                // Known open issue: a file compressed while loglet follows it is sometimes read
-                // again from its `.gz` (rarely, timing-dependent). Until it is found, sequences
-                // with compression check that nothing is lost, not exactly-once or order.
+                // Known open issue: after a kill or an unacknowledged batch, the replay of a
+                // file that was compressed meanwhile can come after lines of the next file that
+                // were already delivered. Such sequences check that nothing is lost, not the
+                // order of last arrivals; without a replay, order and exactly-once are checked.
                 self.compressed = true;
                 // kubelet compresses every rotated file but the newest.
                 while self.rotated[c].len() > 1 {
@@ -341,7 +342,7 @@ impl World {
             for (i, l) in got.iter().enumerate() {
                 last.insert(l.as_str(), i);
             }
-            if self.compressed {
+            if self.compressed && self.may_repeat {
                 continue;
             }
             if let Some(w) = want

@@ -15,10 +15,15 @@ pub struct Node {
 }
 
 impl Node {
+    /// With `LOGLET_TEST_KEEP` set, the tree (and loglet's log in it) stays after the test,
+    /// to look into a failure.
     pub fn new() -> Node {
-        Node {
-            dir: tempfile::tempdir().expect("temp dir"),
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        if std::env::var_os("LOGLET_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the test tree at {}", dir.path().display());
         }
+        Node { dir }
     }
 
     pub fn root(&self) -> &Path {
