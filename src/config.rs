@@ -142,6 +142,10 @@ pub struct LogsConfig {
     pub pods_dir: PathBuf,
     /// The `/var/log/containers` symlinks (read for container IDs only), relative to `root`.
     pub containers_dir: PathBuf,
+    /// The kubelet's root directory, relative to `root`: files that Pods name with the
+    /// `loglet.io/files.<container>` annotation are read from their emptyDir volumes under
+    /// `<kubelet_root>/pods/<uid>/volumes/kubernetes.io~empty-dir/`.
+    pub kubelet_root: PathBuf,
     /// Globs over `<namespace>/<pod>/<container>`; empty means everything.
     pub include: Vec<String>,
     /// Globs over `<namespace>/<pod>/<container>`; applied after `include`.
@@ -170,6 +174,8 @@ pub struct LogsConfig {
     pub read_chunk_bytes: ByteSize,
 }
 
+/// The kubelet's `--root-dir` default.
+pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
 /// Reading 256 KiB blocks amortises the syscall over ~1000 lines and stays cache friendly.
 pub const DEFAULT_READ_CHUNK_BYTES: u64 = 256 * 1024;
 /// Loki's default `max_line_size`; larger lines are rejected by most backends anyway.
@@ -192,6 +198,7 @@ impl Default for LogsConfig {
         LogsConfig {
             pods_dir: PathBuf::from("/var/log/pods"),
             containers_dir: PathBuf::from("/var/log/containers"),
+            kubelet_root: PathBuf::from(DEFAULT_KUBELET_ROOT),
             include: Vec::new(),
             exclude: Vec::new(),
             read_from: ReadFrom::Beginning,

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crossbeam_channel::Sender;
+
+use crate::record::PodMeta;
+use crate::route::VolumeFile;
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 
 /// What a log file's name says.
@@ -84,7 +87,20 @@ pub struct Found {
     pub ino: u64,
     pub size: u64,
     pub modified: SystemTime,
+    pub origin: Origin,
 }
+
+/// What kind of log a found file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A container's stdout and stderr, in the runtime's format, under the Pod log directory.
+    Container,
+    /// An application's own file in one of its Pod's emptyDir volumes: plain lines.
+    Volume,
+}
+
+/// Names of compressed files, never read as plain lines.
+const COMPRESSED: [&str; 5] = [".gz", ".zst", ".xz", ".bz2", ".zip"];
 
 /// Which containers to read.
 #[derive(Debug, Clone, Default)]
@@ -132,6 +148,8 @@ pub struct Layout {
     pub pods_dir: PathBuf,
     /// `<root>/var/log/containers`.
     pub containers_dir: PathBuf,
+    /// `<root>/var/lib/kubelet/pods`: the Pods' volumes.
+    pub kubelet_pods_dir: PathBuf,
 }
 
 impl Layout {
@@ -218,6 +236,7 @@ impl Layout {
                 ino: meta.ino(),
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                origin: Origin::Container,
             });
         }
         Ok(())
@@ -226,6 +245,92 @@ impl Layout {
     /// The container directories under one Pod directory.
     pub fn container_dirs(&self, pod_dir: &Path) -> io::Result<Vec<PathBuf>> {
         subdirs(pod_dir)
+    }
+
+    /// The UIDs of the Pods the kubelet keeps volumes for.
+    pub fn volume_pod_uids(&self) -> io::Result<Vec<String>> {
+        let dirs = match subdirs(&self.kubelet_pods_dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other?,
+        };
+        Ok(dirs
+            .iter()
+            .filter_map(|d| d.file_name()?.to_str().map(String::from))
+            .collect())
+    }
+
+    /// The files `spec` names in the emptyDir volume of Pod `uid`. Only regular files inside
+    /// the volume count: a symlink (or a directory that resolves outside the volume) is
+    /// skipped, so a Pod can never make loglet read a file that is not its own. Compressed
+    /// names (a logrotate `compress`) are skipped too: loglet follows the rotation itself.
+    /// Returns the directory it listed, for a watch.
+    pub fn scan_volume_files(
+        &self,
+        meta: &PodMeta,
+        uid: &str,
+        spec: &VolumeFile,
+        filter: &Filter,
+        out: &mut Vec<Found>,
+    ) -> io::Result<Option<PathBuf>> {
+        if !filter.wants(&meta.namespace, &meta.name, uid, &spec.container) {
+            return Ok(None);
+        }
+        let volume = self
+            .kubelet_pods_dir
+            .join(uid)
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(&spec.volume);
+        let mut dir = volume.clone();
+        dir.extend(&spec.dirs);
+        let (volume_real, dir_real) = match (volume.canonicalize(), dir.canonicalize()) {
+            (Ok(v), Ok(d)) => (v, d),
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        if !dir_real.starts_with(&volume_real) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} resolves outside its volume", dir.display()),
+            ));
+        }
+        let entries = match std::fs::read_dir(&dir_real) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !spec.name.matches(name) || COMPRESSED.iter().any(|s| name.ends_with(s)) {
+                continue;
+            }
+            let meta_fs = match entry.path().symlink_metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if !meta_fs.file_type().is_file() {
+                continue;
+            }
+            // Opened by the listed name; the tailer checks it opens this very inode.
+            let path = dir.join(name);
+            out.push(Found {
+                host_path: self.host_path(&path),
+                path,
+                namespace: meta.namespace.clone(),
+                pod: meta.name.clone(),
+                pod_uid: uid.to_string(),
+                container: spec.container.clone(),
+                restart: 0,
+                kind: FileKind::Current,
+                dev: meta_fs.dev(),
+                ino: meta_fs.ino(),
+                size: meta_fs.len(),
+                modified: meta_fs.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                origin: Origin::Volume,
+            });
+        }
+        Ok(Some(dir))
     }
 
     /// The Pod directories.
@@ -536,6 +641,7 @@ mod tests {
             root: root.to_path_buf(),
             pods_dir: root.join("var/log/pods"),
             containers_dir: links,
+            kubelet_pods_dir: root.join("var/lib/kubelet/pods"),
         };
         let mut found = Vec::new();
         for pod in layout.pod_dirs().unwrap() {

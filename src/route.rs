@@ -41,6 +41,66 @@ pub mod annotation {
     pub const MULTILINE: &str = "loglet.io/multiline";
     /// Also `loglet.io/parser.<container>`.
     pub const PARSER: &str = "loglet.io/parser";
+    /// `loglet.io/files.<container>`: files in the Pod's emptyDir volumes, read as that
+    /// container's logs (Pods only).
+    pub const FILES: &str = "loglet.io/files";
+}
+
+/// A file (or a glob of files) in one of a Pod's emptyDir volumes, read as a container's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeFile {
+    /// The container its lines are attributed to.
+    pub container: String,
+    pub volume: String,
+    /// The directories below the volume's root, literal (never `.` or `..`).
+    pub dirs: Vec<String>,
+    /// The file's name, or a glob (`*`, `?`, `[...]`) of names.
+    pub name: glob::Pattern,
+}
+
+impl VolumeFile {
+    /// `<volume>:<path>[, <volume>:<path> ...]`, e.g. `logs:/nginx/access.log, logs:/app/*.log`.
+    pub fn parse_list(container: &str, v: &str) -> Result<Vec<VolumeFile>, String> {
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (volume, path) = part
+                .split_once(':')
+                .ok_or_else(|| format!("`{part}` is not <volume>:<path>"))?;
+            let volume = volume.trim();
+            let dns_label = !volume.is_empty()
+                && volume.len() <= 63
+                && volume
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !dns_label {
+                return Err(format!("`{volume}` is not a volume name"));
+            }
+            let mut parts: Vec<&str> = path.trim().trim_start_matches('/').split('/').collect();
+            let name = parts.pop().unwrap_or_default();
+            if name.is_empty() || parts.iter().any(|d| d.is_empty()) {
+                return Err(format!("`{path}` does not name a file in the volume"));
+            }
+            if parts.iter().chain([&name]).any(|c| *c == "." || *c == "..") {
+                return Err(format!("`{path}` leaves the volume (`.` or `..`)"));
+            }
+            if parts.iter().any(|d| d.contains(['*', '?', '['])) {
+                return Err(format!(
+                    "`{path}`: only the file name may be a glob, not a directory"
+                ));
+            }
+            let name = glob::Pattern::new(name).map_err(|e| format!("`{path}`: {e}"))?;
+            out.push(VolumeFile {
+                container: container.to_string(),
+                volume: volume.to_string(),
+                dirs: parts.into_iter().map(String::from).collect(),
+                name,
+            });
+        }
+        if out.is_empty() {
+            return Err("names no file".into());
+        }
+        Ok(out)
+    }
 }
 
 /// How a streaming sidecar echoes its application's files.
@@ -473,6 +533,55 @@ impl Routes {
 
     fn render(&self, t: &Template, source: &Source) -> String {
         t.to_string_for(source, self.node.as_deref(), 0)
+    }
+
+    /// The files a Pod's `loglet.io/files.<container>` annotations name in its emptyDir
+    /// volumes. A bad value, or one for a container the Pod does not have, is reported and
+    /// skipped; the Pod's other files are still read.
+    pub fn volume_files(&self, source: &Source) -> Vec<VolumeFile> {
+        let Some(meta) = source.pod_meta.as_deref() else {
+            return Vec::new();
+        };
+        let ctx = Ctx {
+            routes: self,
+            source,
+            pod: &meta.loglet_annotations,
+            ns: &meta.namespace_loglet_annotations,
+        };
+        let prefix = format!("{}.", annotation::FILES);
+        let mut out = Vec::new();
+        for (key, value) in &meta.loglet_annotations {
+            let Some(container) = key.strip_prefix(prefix.as_str()) else {
+                if key == annotation::FILES {
+                    ctx.report(
+                        On::Pod,
+                        key,
+                        value,
+                        "needs a container: loglet.io/files.<container>; ignored",
+                    );
+                }
+                continue;
+            };
+            if meta.container(container).is_none() && !meta.containers.is_empty() {
+                ctx.report(
+                    On::Pod,
+                    key,
+                    value,
+                    "names a container this Pod does not have; ignored",
+                );
+                continue;
+            }
+            match VolumeFile::parse_list(container, value) {
+                Ok(files) => out.extend(files),
+                Err(why) => ctx.report(On::Pod, key, value, &format!("{why}; ignored")),
+            }
+        }
+        for (key, value) in &meta.namespace_loglet_annotations {
+            if key.starts_with(annotation::FILES) {
+                ctx.report(On::Namespace, key, value, "applies to Pods only; ignored");
+            }
+        }
+        out
     }
 
     fn names(&self, routes: &[usize]) -> String {
@@ -1008,5 +1117,57 @@ routing: {default_route: r4, namespace_rate_limit: {lines_per_second: 0}}
         ] {
             assert!(err.contains(want), "{want} missing from {err}");
         }
+    }
+
+    #[test]
+    fn volume_files_name_a_volume_and_a_path_that_stays_inside_it() {
+        let files = VolumeFile::parse_list("nginx", "logs:/nginx/access.log, cache:*.log").unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].container, "nginx");
+        assert_eq!(files[0].volume, "logs");
+        assert_eq!(files[0].dirs, ["nginx"]);
+        assert!(files[0].name.matches("access.log"));
+        assert!(!files[0].name.matches("access.log.1"));
+        assert_eq!(files[1].volume, "cache");
+        assert!(files[1].dirs.is_empty());
+        assert!(files[1].name.matches("error.log"));
+        for (bad, why) in [
+            ("", "names no file"),
+            ("logs", "is not <volume>:<path>"),
+            ("Logs:/a.log", "is not a volume name"),
+            ("logs:/", "does not name a file"),
+            ("logs:/a//b.log", "does not name a file"),
+            ("logs:/../other/x.log", "leaves the volume"),
+            ("logs:/a/..", "leaves the volume"),
+            ("logs:/*/x.log", "only the file name may be a glob"),
+            ("logs:/[.log", "`/[.log`"),
+        ] {
+            let err = VolumeFile::parse_list("c", bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_annotations_for_unknown_containers_or_on_namespaces_are_reported() {
+        let (r, m) = routes("sinks: {a: {type: stdout}}");
+        let mut s = source(
+            &[
+                ("loglet.io/files.app", "logs:/a.log"),
+                ("loglet.io/files.ghost", "logs:/b.log"),
+                ("loglet.io/files.app2", "logs:/../c.log"),
+            ],
+            &[("loglet.io/files.app", "logs:/ns.log")],
+        );
+        let meta = Arc::make_mut(s.pod_meta.as_mut().unwrap());
+        meta.containers = ["app", "app2"]
+            .map(|n| crate::record::ContainerMeta {
+                name: n.into(),
+                ..Default::default()
+            })
+            .to_vec();
+        let files = r.volume_files(&s);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].name.matches("a.log"));
+        assert_eq!(errors(&m, "loglet.io/files"), 3);
     }
 }

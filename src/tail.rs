@@ -25,11 +25,11 @@ use tokio::sync::mpsc;
 use crate::config::{Config, ReadFrom, WatchMode};
 use crate::decode::multiline::{DEFAULT_MAX_LINES, Joiner, MultilineOptions};
 use crate::decode::{Clock, DecodeOptions, Decoded, Decoder, FileFormat};
-use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyError};
+use crate::discover::{FileKind, Filter, Found, Layout, Notice, Notifier, NotifyError, Origin};
 use crate::kube::PodStore;
 use crate::metrics::{Metrics, RateLimited};
 use crate::record::{Batch, Record, Source};
-use crate::route::{MAX_SINKS, Rate, Routes};
+use crate::route::{MAX_SINKS, Rate, Routes, annotation};
 use checkpoint::{Checkpoints, FileKey, Position, SidecarState, Update};
 use streaming::Stage;
 
@@ -162,6 +162,7 @@ impl TailSettings {
                 root: config.root.clone(),
                 pods_dir: config.host_path(&logs.pods_dir),
                 containers_dir: config.host_path(&logs.containers_dir),
+                kubelet_pods_dir: config.host_path(&logs.kubelet_root).join("pods"),
             },
             filter: Filter::new(&logs.include, &logs.exclude, self_pod_uid),
             read_from: logs.read_from,
@@ -257,6 +258,10 @@ pub struct Tailer {
     /// Sidecar states from the checkpoints, by container directory, until their stage starts.
     stage_states: HashMap<String, SidecarState>,
     staged: Vec<(Decoded, Arc<Source>)>,
+    /// The store generation the emptyDir volumes were last scanned at; `None` until the Pods'
+    /// annotations could be known (the watcher's first lists).
+    volumes_seen: Option<u64>,
+    volume_warn: RateLimited,
 }
 
 impl Tailer {
@@ -317,6 +322,8 @@ impl Tailer {
             stages: HashMap::new(),
             stage_states,
             staged: Vec::new(),
+            volumes_seen: None,
+            volume_warn: RateLimited::new(Duration::from_secs(60)),
         }
     }
 
@@ -329,7 +336,7 @@ impl Tailer {
             }
         }
         self.scan_all();
-        self.prune_restored();
+        self.prune_restored(self.volumes_seen.is_none());
         self.started = true;
         // Ready once every file present at start is known (the watcher adds its own condition).
         self.metrics.set_ready();
@@ -349,6 +356,16 @@ impl Tailer {
                 let dirs: Vec<PathBuf> = self.dirty_dirs.drain().collect();
                 for d in dirs {
                     self.scan_dir(&d);
+                }
+            } else if self.volumes_seen != Some(self.store.generation()) {
+                // A Pod came, went or changed its annotations: its volume files may too.
+                let first = self.volumes_seen.is_none();
+                let mut found = Vec::new();
+                if self.scan_volumes(&mut found) {
+                    self.apply_scan(found, |f| f.found.origin == Origin::Volume);
+                    if first {
+                        self.prune_restored(false);
+                    }
                 }
             }
             if now >= next_poll {
@@ -488,6 +505,7 @@ impl Tailer {
                 }
             }
         }
+        let volumes_known = self.scan_volumes(&mut found);
         if let Some(n) = &mut self.notifier {
             n.forget_missing();
         }
@@ -499,8 +517,81 @@ impl Tailer {
                 ino: f.ino,
             })
             .collect();
-        self.apply_scan(found, |_| true);
+        self.apply_scan(found, |f| volumes_known || f.found.origin != Origin::Volume);
         self.prune_shipped(&gz_present);
+    }
+
+    /// The files Pods name in their emptyDir volumes (`loglet.io/files.<container>`), added to
+    /// `found`. Returns false while the Pods' annotations cannot be known yet (the watcher's
+    /// first lists), when what was found says nothing about volume files that went away.
+    fn scan_volumes(&mut self, found: &mut Vec<Found>) -> bool {
+        let generation = self.store.generation();
+        if !self.store.is_enabled() {
+            self.volumes_seen = Some(generation);
+            return true;
+        }
+        if !self.store.is_synced() {
+            return false;
+        }
+        let uids = match self.s.layout.volume_pod_uids() {
+            Ok(u) => u,
+            Err(e) => {
+                self.metrics.read_errors.with_label_values(&["scan"]).inc();
+                let dir = self.s.layout.kubelet_pods_dir.display();
+                self.volume_warn.warn(|suppressed| {
+                    tracing::warn!(dir = %dir, error = %e, suppressed, "failed to list the kubelet's Pod directory")
+                });
+                return false;
+            }
+        };
+        let mut complete = true;
+        for uid in uids {
+            let Some(meta) = self.store.get(&uid) else {
+                continue;
+            };
+            let named = |(k, _): &(String, String)| k.starts_with(annotation::FILES);
+            if !meta.loglet_annotations.iter().any(named)
+                && !meta.namespace_loglet_annotations.iter().any(named)
+            {
+                continue;
+            }
+            let source = Source {
+                id: 0,
+                path: String::new(),
+                namespace: meta.namespace.clone(),
+                pod: meta.name.clone(),
+                pod_uid: uid.clone(),
+                container: String::new(),
+                container_id: None,
+                restart_count: None,
+                pod_meta: Some(meta.clone()),
+                routing: Arc::default(),
+                sidecar: None,
+            };
+            for spec in self.s.routes.volume_files(&source) {
+                match self
+                    .s
+                    .layout
+                    .scan_volume_files(&meta, &uid, &spec, &self.s.filter, found)
+                {
+                    Ok(Some(dir)) => self.watch(&dir),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // A path that leaves its volume stays refused; other errors leave the
+                        // volume's files as they were until the next scan.
+                        complete &= e.kind() == io::ErrorKind::PermissionDenied;
+                        self.metrics.read_errors.with_label_values(&["scan"]).inc();
+                        let (ns, pod) = (&meta.namespace, &meta.name);
+                        self.volume_warn.warn(|suppressed| {
+                            tracing::warn!(namespace = %ns, pod = %pod, volume = %spec.volume, error = %e, suppressed, "failed to list the files a Pod names in its volume")
+                        });
+                    }
+                }
+            }
+        }
+        // Retried at the next change of a Pod or the next rescan, not at every turn.
+        self.volumes_seen = Some(generation);
+        complete
     }
 
     /// Applies what a scan found: new and moved files, then files that went away (drained
@@ -519,7 +610,11 @@ impl Tailer {
             .files
             .iter()
             .filter(|(k, f)| {
-                !seen.contains(k) && f.life == Life::Present && !f.from_gz && in_scope(f)
+                !seen.contains(k)
+                    && f.life == Life::Present
+                    && !f.from_gz
+                    && f.found.origin == Origin::Container
+                    && in_scope(f)
             })
             .filter_map(|(_, f)| f.found.path.parent().map(Path::to_path_buf))
             .collect();
@@ -629,7 +724,7 @@ impl Tailer {
             pod_uid: found.pod_uid.clone(),
             container: found.container.clone(),
             container_id: self.link_container_id(found),
-            restart_count: Some(found.restart),
+            restart_count: (found.origin == Origin::Container).then_some(found.restart),
             pod_meta: None,
             routing: Arc::default(),
             sidecar: None,
@@ -842,10 +937,20 @@ impl Tailer {
     }
 
     /// Checkpoints whose files are gone (and not compressed under another name) are dropped.
-    fn prune_restored(&mut self) {
-        for (key, pos) in self.restored.drain() {
-            tracing::debug!(path = %pos.path, "dropping the checkpoint of a file that is gone");
-            self.pending.update(key, Update::Forget(key));
+    /// With `keep_volumes`, those of files in Pod volumes stay until the volumes are scanned.
+    fn prune_restored(&mut self, keep_volumes: bool) {
+        let volumes = self.s.layout.host_path(&self.s.layout.kubelet_pods_dir);
+        let gone: Vec<FileKey> = self
+            .restored
+            .iter()
+            .filter(|(_, p)| !(keep_volumes && Path::new(&p.path).starts_with(&volumes)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            if let Some(pos) = self.restored.remove(&key) {
+                tracing::debug!(path = %pos.path, "dropping the checkpoint of a file that is gone");
+                self.pending.update(key, Update::Forget(key));
+            }
         }
     }
 
@@ -860,18 +965,14 @@ impl Tailer {
         // or the newer file would be read ahead of lines the older one still has.
         let mut group: HashMap<(&str, u32), u32> = HashMap::new();
         for f in self.files.values() {
-            if let Some(dir) = container_dir(&f.found.host_path) {
-                *group.entry((dir, f.found.restart)).or_default() += 1;
+            if let Some(l) = lineage(f) {
+                *group.entry(l).or_default() += 1;
             }
         }
         let crowded: HashSet<FileKey> = self
             .files
             .values()
-            .filter(|f| {
-                f.unread() == 0
-                    && container_dir(&f.found.host_path)
-                        .is_some_and(|d| group.get(&(d, f.found.restart)) > Some(&1))
-            })
+            .filter(|f| f.unread() == 0 && lineage(f).is_some_and(|l| group.get(&l) > Some(&1)))
             .map(|f| f.key)
             .collect();
         for key in crowded {
@@ -895,25 +996,19 @@ impl Tailer {
         }
         let mut oldest: HashMap<(&str, u32), Age<'_>> = HashMap::new();
         for f in self.files.values().filter(|f| f.unread() > 0) {
-            let Some(dir) = container_dir(&f.found.host_path) else {
+            let Some(l) = lineage(f) else {
                 continue;
             };
             let a = age(f);
             oldest
-                .entry((dir, f.found.restart))
+                .entry(l)
                 .and_modify(|o| *o = (*o).min(a))
                 .or_insert(a);
         }
         let blocked: HashSet<FileKey> = self
             .files
             .values()
-            .filter(|f| {
-                container_dir(&f.found.host_path).is_some_and(|d| {
-                    oldest
-                        .get(&(d, f.found.restart))
-                        .is_some_and(|o| *o < age(f))
-                })
-            })
+            .filter(|f| lineage(f).is_some_and(|l| oldest.get(&l).is_some_and(|o| *o < age(f))))
             .map(|f| f.key)
             .collect();
         let order = self.order.clone();
@@ -1154,7 +1249,12 @@ impl Tailer {
         // A streaming sidecar's lines pass through its stage, which may hold some back.
         let mut stage_state = None;
         let mut stage_from = None;
-        if let Some(spec) = &source.routing.sidecar {
+        if let Some(spec) = source
+            .routing
+            .sidecar
+            .as_ref()
+            .filter(|_| f.found.origin == Origin::Container)
+        {
             let dir = container_dir(&f.found.host_path).unwrap_or_default();
             let (stage, last) = match self.stages.get_mut(dir) {
                 Some(e) if e.0.spec == *spec => e,
@@ -1741,6 +1841,15 @@ fn rotation_age(host_path: &str) -> (bool, &str) {
     (suffix.is_empty(), suffix)
 }
 
+/// The files that follow one another through rotation: a container instance's (its directory
+/// and restart count), or the successive files at one name in a Pod volume.
+fn lineage(f: &TailFile) -> Option<(&str, u32)> {
+    match f.found.origin {
+        Origin::Container => container_dir(&f.found.host_path).map(|d| (d, f.found.restart)),
+        Origin::Volume => Some((f.found.host_path.as_str(), u32::MAX)),
+    }
+}
+
 /// The container directory part of a log file's host path.
 fn container_dir(host_path: &str) -> Option<&str> {
     host_path.rsplit_once('/').map(|(dir, _)| dir)
@@ -1763,8 +1872,11 @@ fn clone_source(s: &Source) -> Source {
 }
 
 fn decoder_for<'a>(f: &'a mut TailFile, line: &[u8], opts: &DecodeOptions) -> &'a mut Decoder {
-    f.decoder
-        .get_or_insert_with(|| Decoder::new(FileFormat::detect(line), *opts))
+    let format = match f.found.origin {
+        Origin::Container => FileFormat::detect(line),
+        Origin::Volume => FileFormat::Plain,
+    };
+    f.decoder.get_or_insert_with(|| Decoder::new(format, *opts))
 }
 
 /// Splits a block into lines and decodes them. `block` starts with the file's carried
