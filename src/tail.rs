@@ -171,7 +171,7 @@ impl TailSettings {
             rescan_interval: logs.rescan_interval.0,
             poll_interval: logs.poll_interval.0,
             read_chunk: logs.read_chunk_bytes.as_usize(),
-            max_open_files: logs.max_open_files,
+            max_open_files: open_file_budget(logs.max_open_files),
             max_deleted_bytes_held: logs.max_deleted_bytes_held.0,
             decode: DecodeOptions::from_config(logs),
             batch_max_records: config.pipeline.batch_max_records,
@@ -230,7 +230,7 @@ pub struct Tailer {
     /// Positions from the checkpoint file not matched to a file yet.
     restored: HashMap<FileKey, Position>,
     /// `.gz` files already looked at, with their first line's fingerprint.
-    gz_seen: HashMap<FileKey, Option<u64>>,
+    gz_seen: HashMap<FileKey, (Option<u64>, Found)>,
     /// Files read to their end and gone, by fingerprint: their `.gz` copies are not read again.
     shipped: HashMap<u64, FileKey>,
     container_ids: HashMap<String, String>,
@@ -262,6 +262,9 @@ pub struct Tailer {
     /// annotations could be known (the watcher's first lists).
     volumes_seen: Option<u64>,
     volume_warn: RateLimited,
+    /// Files whose inode a new file took during a scan, kept until the scan's `.gz` files are
+    /// looked at: what they had unread may be in one.
+    displaced: Vec<TailFile>,
 }
 
 impl Tailer {
@@ -324,6 +327,7 @@ impl Tailer {
             staged: Vec::new(),
             volumes_seen: None,
             volume_warn: RateLimited::new(Duration::from_secs(60)),
+            displaced: Vec::new(),
         }
     }
 
@@ -662,13 +666,40 @@ impl Tailer {
             self.on_found_gz(f, key);
         }
         for k in gone {
-            // Still here and never opened (or closed): whatever it had unread is lost.
+            // Still here and never opened (or closed): what it had unread is in its `.gz`, if
+            // the kubelet compressed it (seen in an earlier scan), else lost.
             if let Some(f) = self.files.get(&k)
                 && f.handle.is_none()
                 && !f.from_gz
             {
-                let unread = f.unread();
-                self.finish(k, unread, "deleted_unread");
+                let (fp, offset, unread) = (f.fingerprint, f.safe_offset(), f.unread());
+                if !self.read_rest_from_gz(fp, k, offset) {
+                    self.finish(k, unread, "deleted_unread");
+                }
+            }
+        }
+        // Files whose inode another file took: the same, under their copy's own key.
+        for f in std::mem::take(&mut self.displaced) {
+            let copy = self.gz_copy(f.fingerprint);
+            let read = copy.is_some_and(|gz| {
+                let key = FileKey {
+                    dev: gz.dev,
+                    ino: gz.ino,
+                };
+                self.read_rest_from_gz(f.fingerprint, key, f.safe_offset())
+            });
+            if !read {
+                let lost = f.unread();
+                if lost > 0 {
+                    self.metrics
+                        .lost_bytes
+                        .with_label_values(&["deleted_unread"])
+                        .inc_by(lost);
+                    tracing::warn!(path = %f.found.host_path, bytes = lost, "log bytes lost: the file went away before loglet read them");
+                }
+                if let Some(fp) = f.fingerprint {
+                    self.shipped.insert(fp, f.key);
+                }
             }
         }
     }
@@ -747,9 +778,14 @@ impl Tailer {
             && f.fingerprint.is_some()
             && read_head(&found.path).as_deref().and_then(fingerprint) != f.fingerprint
         {
-            // A closed file's inode now holds another file: the old one went away.
-            let unread = f.unread();
-            self.finish(key, unread, "deleted_unread");
+            // A closed file's inode now holds another file: the old one went away, maybe into
+            // a `.gz` this scan has yet to see (see `apply_scan`).
+            if let Some(old) = self.files.remove(&key) {
+                self.by_dir = None;
+                self.order.retain(|k| *k != key);
+                self.ready.remove(&key);
+                self.displaced.push(old);
+            }
         }
         if let Some(f) = self.files.get_mut(&key) {
             if f.found.kind != found.kind && found.kind == FileKind::Rotated {
@@ -851,7 +887,7 @@ impl Tailer {
             return;
         }
         let fp = read_gz_head(&found.path).as_deref().and_then(fingerprint);
-        self.gz_seen.insert(gz_key, fp);
+        self.gz_seen.insert(gz_key, (fp, found.clone()));
         let Some(fp) = fp else {
             return;
         };
@@ -890,17 +926,43 @@ impl Tailer {
             return;
         };
         self.restored.remove(&orig_key);
+        self.read_gz(found, orig_key, offset, fp);
+    }
+
+    /// Reads the rest of a file that went away unread from its compressed copy, as file `key`
+    /// from `offset`, unless that copy was shipped already. Returns whether it does.
+    fn read_rest_from_gz(&mut self, fp: Option<u64>, key: FileKey, offset: u64) -> bool {
+        match (fp, self.gz_copy(fp)) {
+            (Some(fp), Some(gz)) if !self.shipped.contains_key(&fp) => {
+                self.read_gz(gz, key, offset, fp)
+            }
+            _ => false,
+        }
+    }
+
+    /// The compressed copy (already seen) of the file with fingerprint `fp`, if it is on disk.
+    fn gz_copy(&self, fp: Option<u64>) -> Option<Found> {
+        let fp = fp?;
+        self.gz_seen
+            .values()
+            .find(|(g, _)| *g == Some(fp))
+            .map(|(_, found)| found.clone())
+    }
+
+    /// Reads what is left of the file `key` (its lines before `offset` were shipped) from its
+    /// compressed copy `found`. Returns false when the copy cannot be read.
+    fn read_gz(&mut self, found: Found, orig_key: FileKey, offset: u64, fp: u64) -> bool {
         let file = match File::open(&found.path) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(path = %found.host_path, error = %e, "failed to open a rotated .gz file");
-                return;
+                return false;
             }
         };
         let mut gz = flate2::read::GzDecoder::new(file);
         if let Err(e) = io::copy(&mut (&mut gz).take(offset), &mut io::sink()) {
             tracing::warn!(path = %found.host_path, error = %e, "failed to skip to the checkpoint in a .gz file");
-            return;
+            return false;
         }
         tracing::info!(path = %found.host_path, offset, "reading the rest of a file rotated and compressed while it was unread");
         self.files.remove(&orig_key);
@@ -934,6 +996,7 @@ impl Tailer {
         self.by_dir = None;
         self.order.push(orig_key);
         self.ready.insert(orig_key);
+        true
     }
 
     /// Checkpoints whose files are gone (and not compressed under another name) are dropped.
@@ -1586,7 +1649,7 @@ impl Tailer {
     /// rotation keeps the directories.
     fn prune_shipped(&mut self, gz_present: &HashSet<FileKey>) {
         self.gz_seen.retain(|k, _| gz_present.contains(k));
-        let live: HashSet<u64> = self.gz_seen.values().flatten().copied().collect();
+        let live: HashSet<u64> = self.gz_seen.values().filter_map(|(fp, _)| *fp).collect();
         let gone: Vec<(u64, FileKey)> = self
             .shipped
             .iter()
@@ -1840,6 +1903,41 @@ fn rotation_age(host_path: &str) -> (bool, &str) {
     let suffix = name.split_once(".log").map_or("", |(_, rest)| rest);
     (suffix.is_empty(), suffix)
 }
+
+/// How many log files may be open at once: the configured number, within the process's
+/// open-file limit less what the sinks' connections, the API watch, inotify and the runtime need.
+/// The soft limit is raised to the hard one first, as a node agent should.
+fn open_file_budget(configured: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        lim.current = Some(max);
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            lim.current = Some(cur);
+        }
+    }
+    // None: unlimited.
+    let Some(soft) = lim.current else {
+        return configured;
+    };
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let budget = (soft / 2).max(soft.saturating_sub(OPEN_FILE_RESERVE));
+    if budget < configured {
+        tracing::info!(
+            configured,
+            budget,
+            nofile = soft,
+            "fewer log files are held open than logs.max_open_files says, to stay within the open-file limit"
+        );
+    }
+    configured.min(budget).max(1)
+}
+
+/// Descriptors kept for everything but log files: sinks' connections, the API, inotify,
+/// checkpoints, the metrics server, the runtime.
+const OPEN_FILE_RESERVE: usize = 64;
 
 /// The files that follow one another through rotation: a container instance's (its directory
 /// and restart count), or the successive files at one name in a Pod volume.
