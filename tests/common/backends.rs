@@ -12,7 +12,6 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -55,6 +54,11 @@ pub enum Answer {
     OtlpPartial { rejected: usize, message: String },
     /// Splunk HEC: an error code, with the HTTP status HEC gives it.
     HecCode(u32),
+    /// A slow backend: it waits this long, then stores and accepts (a client that gave up
+    /// meanwhile sends the batch again: a duplicate, as with a real one).
+    Slow(Duration),
+    /// The connection is closed without an answer, nothing stored (a reset, a crashed proxy).
+    Reset,
 }
 
 impl Answer {
@@ -274,7 +278,12 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        async move {
+            // An error from the service makes hyper drop the connection unanswered.
+            handle(&state, req)
+                .await
+                .ok_or_else(|| std::io::Error::other("scripted reset"))
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
@@ -407,7 +416,7 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let (parts, body) = req.into_parts();
     let raw = body
         .collect()
@@ -431,7 +440,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         Err(e) => Reply::text(400, e),
         Ok(body) => {
             seen.body_bytes = body.len();
-            let answer = lock(&state.script).pop_front().unwrap_or(Answer::Accept);
+            let mut answer = lock(&state.script).pop_front().unwrap_or(Answer::Accept);
+            match answer {
+                Answer::Reset => return None,
+                Answer::Slow(d) => {
+                    tokio::time::sleep(d).await;
+                    answer = Answer::Accept;
+                }
+                _ => {}
+            }
             match state.kind {
                 Kind::Loki => loki(state, &seen, &body, answer),
                 Kind::Elasticsearch => elasticsearch(state, &seen, &body, answer),
@@ -448,8 +465,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if let Some(s) = reply.retry_after {
         b = b.header("retry-after", s.to_string());
     }
-    b.body(Full::new(Bytes::from(reply.body)))
-        .expect("a valid response")
+    Some(
+        b.body(Full::new(Bytes::from(reply.body)))
+            .expect("a valid response"),
+    )
 }
 
 /// The body as the backend reads it: `Content-Encoding` undone (snappy is left to Loki, which

@@ -40,6 +40,17 @@ impl Loglet {
         config_yaml: &str,
         env: &[(&str, &str)],
     ) -> Loglet {
+        Self::start_under(&[], root, work, config_yaml, env)
+    }
+
+    /// Starts loglet under a wrapper command, e.g. `["prlimit", "--nofile=64", "--"]`.
+    pub fn start_under(
+        wrapper: &[&str],
+        root: &Path,
+        work: &Path,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Loglet {
         std::fs::create_dir_all(work).expect("work dir");
         let config = work.join("config.yaml");
         std::fs::write(&config, config_yaml).expect("config");
@@ -52,7 +63,15 @@ impl Loglet {
             .open(&stdout)
             .expect("stdout");
         let err = std::fs::File::create(&stderr_path).expect("stderr");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loglet"));
+        let bin = env!("CARGO_BIN_EXE_loglet");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

@@ -1,0 +1,274 @@
+//! Faults end to end through the real binary, each bounded in time: SIGKILL again and again
+//! during rotation and compression, a backend flapping between 503, resets, timeouts and slow
+//! answers, a checkpoint that cannot be written, the open-file limit, and log paths replaced by
+//! a FIFO or a directory. The backend is the fake Elasticsearch of tests/common/backends.rs
+//! (it survives loglet's restarts); the log files are a kubelet tree on disk.
+
+#[path = "common/backends.rs"]
+mod backends;
+#[path = "common/loglet.rs"]
+mod loglet;
+#[path = "common/node.rs"]
+mod node;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use backends::{Answer, Backend, Kind};
+use loglet::{Loglet, config, wait_until};
+use node::Node;
+
+/// Retries soon, so that a test does not wait for the default backoff.
+const QUICK_RETRIES: &str =
+    "    request:\n      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n";
+
+fn es_sink(es: &Backend, settings: &str) -> String {
+    format!(
+        "  es:\n    type: elasticsearch\n    url: {}\n{settings}",
+        es.url
+    )
+}
+
+/// The records a sink dropped, whatever the reason.
+fn dropped(l: &Loglet) -> f64 {
+    let (_, body) = l.get("/metrics");
+    body.lines()
+        .filter(|line| line.starts_with("loglet_sink_dropped_records_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// How many times each message was stored.
+fn stored(es: &Backend) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for d in es.received().es {
+        *n.entry(d.doc["message"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    n
+}
+
+fn wait_for_all(es: &Backend, want: &[String], within: Duration) -> HashMap<String, usize> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = stored(es);
+        let missing: Vec<&String> = want.iter().filter(|w| !got.contains_key(*w)).collect();
+        if missing.is_empty() {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} lines never stored, the first: {:?}",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_again_and_again_during_rotation_and_compression_loses_no_line() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let cfg = config("", &es_sink(&es, QUICK_RETRIES));
+    let mut c = node.container("shop", "web-0", "uid-web", "nginx");
+    let mut want = Vec::new();
+    let mut rotated = Vec::new();
+    let mut l = Loglet::start(node.root(), &work, &cfg);
+    for round in 0..8 {
+        for i in 0..2_500 {
+            let m = format!("round {round} line {i} {}", "k".repeat(i % 200));
+            c.line("stdout", m.as_bytes());
+            want.push(m);
+            if i % 1_000 == 999 {
+                rotated.push(c.rotate());
+            }
+            // The kubelet compresses all rotated files but the newest.
+            if i % 500 == 0 {
+                while rotated.len() > 1 {
+                    let old = rotated.remove(0);
+                    c.gzip(&old);
+                }
+            }
+        }
+        // Killed at a different point of its work each round.
+        std::thread::sleep(Duration::from_millis(50 + 120 * (round % 4)));
+        l.kill();
+        l = Loglet::start(node.root(), &work, &cfg);
+    }
+    let got = wait_for_all(&es, &want, Duration::from_secs(90));
+    let copies: usize = got.values().sum();
+    assert_eq!(got.len(), want.len(), "nothing but what was written");
+    // Only what was in flight at a kill comes twice: far less than a round.
+    assert!(
+        copies - want.len() < 8 * 2_500,
+        "{} duplicates for 8 kills",
+        copies - want.len()
+    );
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn a_backend_flapping_between_503_resets_timeouts_and_slow_answers_loses_no_line() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let mut script = Vec::new();
+    for i in 0..40 {
+        script.push(match i % 5 {
+            0 => Answer::unavailable(),
+            1 => Answer::Reset,
+            // Longer than the request timeout: abandoned and sent again.
+            2 => Answer::Slow(Duration::from_millis(1_500)),
+            3 => Answer::too_many(Some(0)),
+            _ => Answer::Slow(Duration::from_millis(200)),
+        });
+    }
+    es.script(script);
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut c = node.container("shop", "web-0", "uid-web", "nginx");
+    let mut want = Vec::new();
+    for i in 0..20_000 {
+        let m = format!("flap {i} {}", "f".repeat(i % 150));
+        c.line(if i % 4 == 0 { "stderr" } else { "stdout" }, m.as_bytes());
+        want.push(m);
+    }
+    let sinks = es_sink(
+        &es,
+        "    batch:\n      max_records: 500\n    request:\n      timeout: 500ms\n      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n",
+    );
+    let l = Loglet::start(node.root(), &work, &config("", &sinks));
+    let got = wait_for_all(&es, &want, Duration::from_secs(90));
+    assert_eq!(got.len(), want.len());
+    assert!(l.metric("loglet_sink_retries_total{sink=\"es\"}") >= 20.0);
+    assert_eq!(dropped(&l), 0.0, "a transient failure never drops");
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_keeps_shipping_reports_not_ready_and_recovers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let state = node.root().join("var/lib/loglet");
+    let mut c = node.container("shop", "web-0", "uid-web", "nginx");
+    c.line("stdout", b"before");
+    let l = Loglet::start(
+        node.root(),
+        &work,
+        &config("", &es_sink(&es, QUICK_RETRIES)),
+    );
+    wait_for_all(&es, &["before".to_string()], Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let good = std::fs::read(state.join("checkpoints.json")).unwrap();
+    // As a full or broken disk does: the write of the new checkpoint fails (also as root).
+    std::fs::create_dir(state.join("checkpoints.json.tmp")).unwrap();
+    let during: Vec<String> = (0..500).map(|i| format!("during {i}")).collect();
+    for m in &during {
+        c.line("stdout", m.as_bytes());
+    }
+    wait_for_all(&es, &during, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "the failure reported", || {
+        (l.metric("loglet_checkpoint_errors_total") >= 1.0 && l.get("/readyz").0 == 503)
+            .then_some(())
+    });
+    // The last good checkpoint is intact, never half written.
+    let now = std::fs::read(state.join("checkpoints.json")).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&now).expect("the checkpoint is valid JSON");
+    assert_eq!(
+        now, good,
+        "the checkpoint stays as it was while writes fail"
+    );
+    assert_eq!(l.get("/healthz").0, 200, "alive: shipping goes on");
+    std::fs::remove_dir(state.join("checkpoints.json.tmp")).unwrap();
+    wait_until(Duration::from_secs(20), "ready again", || {
+        (l.get("/readyz").0 == 200).then_some(())
+    });
+    assert_ne!(
+        std::fs::read(state.join("checkpoints.json")).unwrap(),
+        good,
+        "the checkpoint moved on"
+    );
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn under_an_open_file_limit_of_64_every_container_of_200_is_read() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut want = Vec::new();
+    let mut containers: Vec<_> = (0..200)
+        .map(|p| node.container("busy", &format!("pod-{p}"), &format!("uid-{p}"), "app"))
+        .collect();
+    for (p, c) in containers.iter_mut().enumerate() {
+        for i in 0..20 {
+            let m = format!("pod {p} line {i}");
+            c.line("stdout", m.as_bytes());
+            want.push(m);
+        }
+    }
+    let l = Loglet::start_under(
+        &["prlimit", "--nofile=64", "--"],
+        node.root(),
+        &work,
+        &config("", &es_sink(&es, QUICK_RETRIES)),
+        &[],
+    );
+    let got = wait_for_all(&es, &want, Duration::from_secs(60));
+    // And lines written later to files that were closed to make room arrive too.
+    let mut later = Vec::new();
+    for (p, c) in containers.iter_mut().enumerate() {
+        let m = format!("pod {p} later");
+        c.line("stdout", m.as_bytes());
+        later.push(m);
+    }
+    let got_later = wait_for_all(&es, &later, Duration::from_secs(60));
+    assert_eq!(got.len(), want.len());
+    assert!(got_later.values().all(|n| *n == 1));
+    assert_eq!(l.get("/healthz").0, 200);
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn a_log_path_replaced_by_a_fifo_or_a_directory_is_skipped_and_the_rest_arrives() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut good = node.container("shop", "web-0", "uid-web", "nginx");
+    let fifo = node.container("shop", "odd-0", "uid-odd", "pipe");
+    let dir = node.container("shop", "odd-1", "uid-dir", "dir");
+    good.line("stdout", b"first");
+    let l = Loglet::start(
+        node.root(),
+        &work,
+        &config("", &es_sink(&es, QUICK_RETRIES)),
+    );
+    wait_for_all(&es, &["first".to_string()], Duration::from_secs(30));
+    // A FIFO would block a reader that opened it; a directory cannot be read as lines.
+    let fifo_path = fifo.path();
+    let _ = std::fs::remove_file(&fifo_path);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo_path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let dir_path = dir.path();
+    let _ = std::fs::remove_file(&dir_path);
+    std::fs::create_dir(&dir_path).unwrap();
+    let later: Vec<String> = (0..100).map(|i| format!("later {i}")).collect();
+    for m in &later {
+        good.line("stdout", m.as_bytes());
+    }
+    wait_for_all(&es, &later, Duration::from_secs(30));
+    assert_eq!(l.get("/healthz").0, 200);
+    assert_eq!(l.stop(), 0, "and it stops: nothing hangs on the FIFO");
+    assert!(Path::new(&fifo_path).exists());
+}
