@@ -952,7 +952,7 @@ impl Tailer {
     /// Reads what is left of the file `key` (its lines before `offset` were shipped) from its
     /// compressed copy `found`. Returns false when the copy cannot be read.
     fn read_gz(&mut self, found: Found, orig_key: FileKey, offset: u64, fp: u64) -> bool {
-        let file = match File::open(&found.path) {
+        let file = match open_log(&found.path) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(path = %found.host_path, error = %e, "failed to open a rotated .gz file");
@@ -1449,7 +1449,7 @@ impl Tailer {
             return false;
         }
         let f = self.files.get_mut(&key).expect("file present");
-        match File::open(&f.found.path) {
+        match open_log(&f.found.path) {
             Ok(file) => {
                 // The path may now be another file (rotated between scan and open).
                 match file.metadata() {
@@ -2059,12 +2059,22 @@ fn read_head_file(file: &File) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// Opens a log file for reading without blocking: a FIFO put where a log file was (between a
+/// scan and the open) would otherwise hang the tail thread until someone writes to it.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 fn read_head(path: &Path) -> Option<Vec<u8>> {
-    read_head_file(&File::open(path).ok()?)
+    read_head_file(&open_log(path).ok()?)
 }
 
 fn read_gz_head(path: &Path) -> Option<Vec<u8>> {
-    let mut gz = flate2::read::GzDecoder::new(File::open(path).ok()?);
+    let mut gz = flate2::read::GzDecoder::new(open_log(path).ok()?);
     let mut buf = vec![0u8; FINGERPRINT_BYTES];
     let n = read_full(&mut gz, &mut buf).ok()?;
     buf.truncate(n);
@@ -2075,7 +2085,7 @@ fn read_gz_head(path: &Path) -> Option<Vec<u8>> {
 /// without cutting a line in two).
 fn line_start_before(path: &Path, size: u64) -> u64 {
     const BACK: u64 = 64 * 1024;
-    let Ok(file) = File::open(path) else {
+    let Ok(file) = open_log(path) else {
         return size;
     };
     let from = size.saturating_sub(BACK);
