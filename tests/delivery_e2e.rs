@@ -15,16 +15,6 @@ use backends::{Answer, Backend, Kind};
 use loglet::{Loglet, config, wait_until};
 use node::Node;
 
-/// The process's resident memory in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -54,7 +44,7 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
     wait_until(Duration::from_secs(30), "retries", || {
         (l.metric("loglet_sink_retries_total{sink=\"es\"}") >= 5.0).then_some(())
     });
-    let before = rss_kib(l.pid());
+    let before = l.memory_kib("VmRSS");
     // 40 MiB more while the backend is down: the files hold it, not loglet's memory.
     write(10_000, 200_000, &mut want);
     wait_until(
@@ -63,7 +53,7 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
         || (l.metric("loglet_unread_bytes") > 30.0 * 1024.0 * 1024.0).then_some(()),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let during = rss_kib(l.pid());
+    let during = l.memory_kib("VmRSS");
     eprintln!("rss before {before} KiB, during {during} KiB");
     assert!(
         during <= before + 16 * 1024,

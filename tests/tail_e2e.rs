@@ -354,8 +354,8 @@ fn an_over_long_line_is_truncated_and_counted_and_memory_stays_bounded() {
     let node = Node::new();
     let work = node.root().join("work");
     let mut c = node.container("ns", "big-0", "uid-big", "app");
-    // 20 MiB without a newline, then a normal line.
-    let huge = vec![b'z'; 20 << 20];
+    // 100 MiB without a newline, then a normal line.
+    let huge = vec![b'z'; 100 << 20];
     c.raw(b"2026-11-22T10:00:00Z stdout F ");
     c.raw(&huge);
     c.raw(b"\n");
@@ -371,6 +371,12 @@ fn an_over_long_line_is_truncated_and_counted_and_memory_stays_bounded() {
     assert!(big["message"].as_str().unwrap().len() <= 64 * 1024);
     assert_eq!(records[1]["message"], "after the big one");
     assert_eq!(l.metric("loglet_lines_truncated_total"), 1.0);
+    // The line was never held whole: loglet's peak memory stays far below its size.
+    let peak_kib = l.memory_kib("VmHWM");
+    assert!(
+        peak_kib < 64 << 10,
+        "peak RSS {peak_kib} KiB for a 100 MiB line"
+    );
     assert_eq!(l.stop(), 0);
 }
 

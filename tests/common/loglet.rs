@@ -179,6 +179,17 @@ impl Loglet {
         self.child.as_ref().expect("running").id()
     }
 
+    /// A memory figure of the process from /proc/PID/status, KiB: `VmRSS` now or `VmHWM`, the
+    /// peak so far.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+    }
+
     /// Records printed by a stdout sink so far, parsed.
     pub fn stdout_records(&self) -> Vec<serde_json::Value> {
         read_ndjson(&self.stdout)
