@@ -272,3 +272,257 @@ fn a_log_path_replaced_by_a_fifo_or_a_directory_is_skipped_and_the_rest_arrives(
     assert_eq!(l.stop(), 0, "and it stops: nothing hangs on the FIFO");
     assert!(Path::new(&fifo_path).exists());
 }
+
+/// A wrapper that runs loglet in a user namespace of its own (root in it maps to root outside,
+/// so it reads the same files) whose inotify limit `/proc/sys/user/<limit>` is `value`: the
+/// limit is per user namespace, so the test changes nothing outside.
+fn with_inotify_limit(limit: &str, value: u32) -> Vec<String> {
+    let script = format!("echo {value} > /proc/sys/user/{limit} && exec \"$0\" \"$@\"");
+    ["unshare", "--user", "--map-root-user", "sh", "-c", &script]
+        .map(String::from)
+        .to_vec()
+}
+
+#[test]
+fn past_the_inotify_watch_limit_it_polls_and_every_line_arrives() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut first = node.container("busy", "pod-0", "uid-0", "app");
+    first.line("stdout", b"before the limit");
+    let wrapper = with_inotify_limit("max_inotify_watches", 16);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let l = Loglet::start_under(
+        &wrapper,
+        node.root(),
+        &work,
+        &config(
+            "logs:\n  rescan_interval: 1s\n",
+            &es_sink(&es, QUICK_RETRIES),
+        ),
+        &[],
+    );
+    wait_for_all(
+        &es,
+        &["before the limit".to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(l.metric("loglet_inotify_fallback"), 0.0, "{}", l.log());
+    // 30 more Pods need more watches than the limit leaves.
+    let mut want = vec!["before the limit".to_string()];
+    let mut containers: Vec<_> = (1..=30)
+        .map(|p| node.container("busy", &format!("pod-{p}"), &format!("uid-{p}"), "app"))
+        .collect();
+    for (p, c) in containers.iter_mut().enumerate() {
+        for i in 0..5 {
+            let m = format!("pod {p} line {i}");
+            c.line("stdout", m.as_bytes());
+            want.push(m);
+        }
+    }
+    wait_for_all(&es, &want, Duration::from_secs(60));
+    assert_eq!(l.metric("loglet_inotify_fallback"), 1.0);
+    assert!(l.log().contains("inotify unusable"), "{}", l.log());
+    // Polled from now on: later lines, to old and new files, arrive too.
+    first.line("stdout", b"after the limit");
+    want.push("after the limit".to_string());
+    for (p, c) in containers.iter_mut().enumerate() {
+        let m = format!("pod {p} later");
+        c.line("stdout", m.as_bytes());
+        want.push(m);
+    }
+    let got = wait_for_all(&es, &want, Duration::from_secs(60));
+    assert!(got.values().all(|n| *n == 1), "a line was stored twice");
+    assert_eq!(l.get("/readyz").0, 200);
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
+fn without_any_inotify_instance_left_it_polls_from_the_start() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut c = node.container("busy", "pod-0", "uid-0", "app");
+    c.line("stdout", b"at start");
+    let wrapper = with_inotify_limit("max_inotify_instances", 0);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let l = Loglet::start_under(
+        &wrapper,
+        node.root(),
+        &work,
+        &config(
+            "logs:\n  rescan_interval: 1s\n",
+            &es_sink(&es, QUICK_RETRIES),
+        ),
+        &[],
+    );
+    wait_for_all(&es, &["at start".to_string()], Duration::from_secs(30));
+    assert_eq!(l.metric("loglet_inotify_fallback"), 1.0);
+    let mut late = node.container("busy", "pod-1", "uid-1", "app");
+    c.line("stdout", b"appended");
+    late.line("stdout", b"in a new Pod");
+    let got = wait_for_all(
+        &es,
+        &["appended".to_string(), "in a new Pod".to_string()],
+        Duration::from_secs(30),
+    );
+    assert!(got.values().all(|n| *n == 1));
+    assert_eq!(l.stop(), 0);
+}
+
+/// libfaketime, which `.ci/run` installs (Debian's `faketime`).
+fn libfaketime() -> String {
+    glob::glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+        .unwrap()
+        .filter_map(Result::ok)
+        .next()
+        .expect("libfaketime is not installed: apt-get install faketime (.ci/run does)")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_wall_clock_jump_back_and_forward_loses_and_repeats_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // The wall clock loglet sees, changed while it runs (an NTP step); the monotonic clock,
+    // as on a real node, does not jump.
+    let clock = work.join("clock");
+    std::fs::write(&clock, "+0").unwrap();
+    let lib = libfaketime();
+    let clock_path = clock.display().to_string();
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", clock_path.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let cfg = config("", &es_sink(&es, QUICK_RETRIES));
+    let mut c = node.container("shop", "web-0", "uid-web", "nginx");
+    let mut want = Vec::new();
+    let write = |c: &mut node::Container, tag: &str, want: &mut Vec<String>| {
+        for i in 0..50 {
+            let m = format!("{tag} {i}");
+            c.line("stdout", m.as_bytes());
+            want.push(m);
+        }
+    };
+    write(&mut c, "on time", &mut want);
+    let l = Loglet::start_with_env(node.root(), &work, &cfg, &env);
+    wait_for_all(&es, &want, Duration::from_secs(30));
+    std::fs::write(&clock, "-2d").unwrap();
+    write(&mut c, "two days back", &mut want);
+    let rotated = c.rotate();
+    write(&mut c, "rotated two days back", &mut want);
+    c.gzip(&rotated);
+    wait_for_all(&es, &want, Duration::from_secs(30));
+    std::fs::write(&clock, "+30d").unwrap();
+    write(&mut c, "a month ahead", &mut want);
+    wait_for_all(&es, &want, Duration::from_secs(30));
+    assert_eq!(l.get("/readyz").0, 200);
+    assert_eq!(l.stop(), 0);
+    // A restart under the jumped clock resumes from its checkpoints.
+    write(&mut c, "while stopped", &mut want);
+    let l = Loglet::start_with_env(node.root(), &work, &cfg, &env);
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        l.metric("loglet_start_time_seconds") > real_now + 29.0 * 86_400.0,
+        "loglet did not run under the jumped clock"
+    );
+    std::fs::write(&clock, "+0").unwrap();
+    write(&mut c, "back on time", &mut want);
+    let got = wait_for_all(&es, &want, Duration::from_secs(30));
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(got.len(), want.len());
+    assert!(
+        l.metric("loglet_oldest_unacknowledged_seconds") >= 0.0,
+        "an age went negative"
+    );
+    assert_eq!(l.stop(), 0);
+}
+
+/// Counts `\n` in a file without holding it.
+fn count_lines(path: &Path) -> usize {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let got = f.read(&mut buf).unwrap();
+        if got == 0 {
+            return n;
+        }
+        n += buf[..got].iter().filter(|b| **b == b'\n').count();
+    }
+}
+
+/// `LOGLET_GARBAGE_MIB` (default 32) of random bytes where a CRI log should be, between two good
+/// lines: each garbage line is counted as malformed and shipped as it is (nothing is lost), the
+/// line after it arrives whole, and memory stays bounded. Run the gigabyte with
+/// `LOGLET_GARBAGE_MIB=1024 cargo test --release --test faults_e2e garbage`.
+#[test]
+fn binary_garbage_in_a_log_is_counted_shipped_and_the_line_after_it_arrives() {
+    let mib: usize = std::env::var("LOGLET_GARBAGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut c = node.container("ns", "junk-0", "uid-junk", "app");
+    c.line("stdout", b"before the garbage");
+    // xorshift: reproducible, and every byte value, newlines about one in 256.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut lines = 0usize;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for b in block.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        lines += block.iter().filter(|b| **b == b'\n').count();
+        c.raw(&block);
+    }
+    c.raw(b"\n");
+    lines += 1;
+    c.line("stdout", b"after the garbage");
+    let l = Loglet::start(
+        node.root(),
+        &work,
+        &config("", "  out:\n    type: stdout\n"),
+    );
+    let out = work.join("stdout.ndjson");
+    wait_until(
+        Duration::from_secs(600),
+        "the line after the garbage",
+        || {
+            let malformed = l.metric("loglet_lines_malformed_total{format=\"cri\"}");
+            (malformed as usize >= lines && count_lines(&out) >= lines + 2).then_some(())
+        },
+    );
+    assert_eq!(
+        l.metric("loglet_lines_malformed_total{format=\"cri\"}") as usize,
+        lines
+    );
+    let peak_kib = l.memory_kib("VmHWM");
+    assert_eq!(l.get("/healthz").0, 200);
+    assert_eq!(l.stop(), 0);
+    assert_eq!(count_lines(&out), lines + 2, "one record per line");
+    let text = std::fs::read(&out).unwrap();
+    let tail = &text[text.len().saturating_sub(4096)..];
+    assert!(
+        String::from_utf8_lossy(tail).contains("\"message\":\"after the garbage\""),
+        "the last record is the good line"
+    );
+    assert!(peak_kib < 96 << 10, "peak RSS {peak_kib} KiB");
+}
