@@ -11,10 +11,16 @@
 //! - **steady**: a writer appends at a fixed rate; reports loglet's CPU as a share of one core,
 //!   its RSS, and the lag from write to receipt (p50, p99).
 //!
+//! - **soak** (only when asked for): a writer appends at a fixed rate for a long time, with
+//!   kubelet-style rotation (rename, gzip, the oldest deleted), and the receiver answers 503 for
+//!   a while in the middle. Every 30 s it prints loglet's RSS, open descriptors and what arrived;
+//!   at the end, whether memory and descriptors stayed flat and whether every line arrived.
+//!
 //! Run: `cargo bench --bench pipeline -- [--mib 300] [--steady-rate 20000] [--steady-secs 30]
 //! [--queue-batches N] [--sink-max-bytes N]`
-//! (`--mib 0` or `--steady-secs 0` skips a scenario). Never run in CI; figures go to
-//! docs/performance.md.
+//! (`--mib 0` or `--steady-secs 0` skips a scenario). The soak: `cargo bench --bench pipeline --
+//! --mib 0 --steady-secs 0 --soak-secs 3600 [--soak-rate 2000] [--outage-secs 600]`.
+//! Never run in CI; figures go to docs/performance.md and docs/operations.md.
 
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
@@ -49,6 +55,9 @@ struct Args {
     /// Overrides of `pipeline.queue_batches` and the sink's `batch.max_bytes`, to measure defaults.
     queue_batches: Option<u64>,
     sink_max_bytes: Option<u64>,
+    soak_secs: u64,
+    soak_rate: u64,
+    outage_secs: u64,
 }
 
 fn args() -> Args {
@@ -58,6 +67,9 @@ fn args() -> Args {
         steady_secs: 30,
         queue_batches: None,
         sink_max_bytes: None,
+        soak_secs: 0,
+        soak_rate: 2_000,
+        outage_secs: 600,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -72,6 +84,9 @@ fn args() -> Args {
             "--steady-secs" => a.steady_secs = num(),
             "--queue-batches" => a.queue_batches = Some(num()),
             "--sink-max-bytes" => a.sink_max_bytes = Some(num()),
+            "--soak-secs" => a.soak_secs = num(),
+            "--soak-rate" => a.soak_rate = num(),
+            "--outage-secs" => a.outage_secs = num(),
             _ => {} // `--bench` from cargo, and anything else
         }
     }
@@ -109,6 +124,9 @@ fn main() {
     }
     if a.steady_secs > 0 && a.steady_rate > 0 {
         steady(&api, &a);
+    }
+    if a.soak_secs > 0 && a.soak_rate > 0 {
+        soak(&api, &a);
     }
 }
 
@@ -189,6 +207,8 @@ struct Seen {
     duplicates: AtomicU64,
     /// Lag samples in microseconds (steady scenario).
     lags_us: Mutex<Vec<u32>>,
+    /// While set, the receiver answers 503 and keeps nothing (the soak's outage).
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Seen {
@@ -266,8 +286,13 @@ fn receiver(seen: Arc<Seen>, lag: bool) -> String {
                         let seen = seen.clone();
                         async move {
                             let body = req.into_body().collect().await?.to_bytes();
-                            seen.scan(&body, lag);
-                            Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::new())))
+                            let mut answer = Response::new(Full::new(bytes::Bytes::new()));
+                            if seen.down.load(Ordering::Relaxed) {
+                                *answer.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            } else {
+                                seen.scan(&body, lag);
+                            }
+                            Ok::<_, hyper::Error>(answer)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -475,6 +500,151 @@ fn steady(api: &FakeApi, a: &Args) {
         ms(pct(0.5)),
         ms(pct(0.99)),
         ms(lags.last()),
+        seq - seen.distinct().min(seq),
+        seen.damaged.load(Ordering::Relaxed),
+        seen.duplicates.load(Ordering::Relaxed),
+    );
+}
+
+/// Open descriptors of a live process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Rotates like the kubelet (containerLogMaxSize, containerLogMaxFiles 5): `0.log` is renamed
+/// to `0.log.<time>`, the previous rotated file is gzipped, and past four rotated files the
+/// oldest is deleted. Returns the new `0.log`.
+fn kubelet_rotate(path: &Path, n: u64) -> File {
+    let dir = path.parent().unwrap();
+    let rotated = dir.join(format!("0.log.20261206-{n:06}"));
+    std::fs::rename(path, &rotated).unwrap();
+    let mut old: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p != &rotated && p.file_name().is_some_and(|n| n != "0.log"))
+        .collect();
+    old.sort();
+    for p in &old {
+        if p.extension().is_none_or(|e| e != "gz") {
+            let gz = PathBuf::from(format!("{}.gz", p.display()));
+            let mut enc = flate2::write::GzEncoder::new(
+                File::create(&gz).unwrap(),
+                flate2::Compression::default(),
+            );
+            std::io::copy(&mut File::open(p).unwrap(), &mut enc).unwrap();
+            enc.finish().unwrap();
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let mut rotated_files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n != "0.log"))
+        .collect();
+    rotated_files.sort();
+    while rotated_files.len() > 4 {
+        std::fs::remove_file(rotated_files.remove(0)).unwrap();
+    }
+    File::create(path).unwrap()
+}
+
+fn soak(api: &FakeApi, a: &Args) {
+    const ROTATE_BYTES: u64 = 2 << 20;
+    const SAMPLE: Duration = Duration::from_secs(30);
+    let (rate, secs) = (a.soak_rate, a.soak_secs);
+    let outage = a.outage_secs.min(secs);
+    let outage_from = Duration::from_secs((secs - outage) / 2);
+    let outage_to = outage_from + Duration::from_secs(outage);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let files = PODS * CONTAINERS.len();
+    let paths: Vec<PathBuf> = (0..files)
+        .map(|i| file_path(root, i / 2, CONTAINERS[i % 2]))
+        .collect();
+    let mut handles: Vec<(File, u64)> = paths
+        .iter()
+        .map(|path| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            (File::create(path).unwrap(), 0)
+        })
+        .collect();
+    let seen = Arc::new(Seen::default());
+    let url = receiver(seen.clone(), false);
+    let child = start_loglet(root, api, &url, a);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "soak: {rate} lines/s for {secs} s into {files} files, rotated at {} MiB; receiver down from {} s to {} s",
+        ROTATE_BYTES >> 20,
+        outage_from.as_secs(),
+        outage_to.as_secs()
+    );
+    println!("  time s | RSS MiB | peak MiB | fds | lines written | lines received | CPU s");
+    let started = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = rate / 100;
+    let (mut seq, mut rotations) = (0u64, 0u64);
+    let mut samples: Vec<(u64, f64, usize)> = Vec::new();
+    let mut next_sample = Duration::ZERO;
+    let mut body = Vec::new();
+    let mut buf = Vec::new();
+    for n in 0..secs * 100 {
+        let at = started.elapsed();
+        seen.down
+            .store(at >= outage_from && at < outage_to, Ordering::Relaxed);
+        for (f, (h, size)) in handles.iter_mut().enumerate() {
+            buf.clear();
+            let mine = per_tick / files as u64 + u64::from((f as u64) < per_tick % files as u64);
+            for _ in 0..mine {
+                let t = now_ns();
+                content(seq, t, &mut body);
+                write_cri(&mut buf, t, &body);
+                seq += 1;
+            }
+            h.write_all(&buf).unwrap();
+            *size += buf.len() as u64;
+            if *size >= ROTATE_BYTES {
+                rotations += 1;
+                *h = kubelet_rotate(&paths[f], rotations);
+                *size = 0;
+            }
+        }
+        if at >= next_sample {
+            let (hwm, rss) = rss_mib(pid);
+            let fds = open_fds(pid);
+            println!(
+                "  {:6} | {rss:7.1} | {hwm:8.1} | {fds:3} | {seq:13} | {:14} | {:.1}",
+                at.as_secs(),
+                seen.distinct(),
+                cpu_seconds(pid)
+            );
+            samples.push((at.as_secs(), rss, fds));
+            next_sample += SAMPLE;
+        }
+        let next = started + tick * (n as u32 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    seen.down.store(false, Ordering::Relaxed);
+    wait_for("every line", || seen.distinct() >= seq);
+    let (hwm, rss) = rss_mib(pid);
+    let fds = open_fds(pid);
+    stop(child);
+    // Flat: the last quarter's RSS against the first quarter's (after a minute of warm-up).
+    let quarter = |from: f64, to: f64| {
+        let span: Vec<&(u64, f64, usize)> = samples
+            .iter()
+            .filter(|s| {
+                s.0 >= 60 && (s.0 as f64) >= from * secs as f64 && (s.0 as f64) < to * secs as f64
+            })
+            .collect();
+        let max_rss = span.iter().map(|s| s.1).fold(f64::NAN, f64::max);
+        let max_fds = span.iter().map(|s| s.2).max().unwrap_or(0);
+        (max_rss, max_fds)
+    };
+    let (first_rss, first_fds) = quarter(0.0, 0.25);
+    let (last_rss, last_fds) = quarter(0.75, 1.0);
+    println!(
+        "  end: RSS {rss:.1} MiB (peak {hwm:.1}) | fds {fds} | max RSS first quarter {first_rss:.1} MiB, last quarter {last_rss:.1} MiB | max fds first quarter {first_fds}, last quarter {last_fds} | rotations {rotations} | lost {} | damaged {} | duplicates {}",
         seq - seen.distinct().min(seq),
         seen.damaged.load(Ordering::Relaxed),
         seen.duplicates.load(Ordering::Relaxed),
