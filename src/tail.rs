@@ -10,7 +10,7 @@
 pub mod checkpoint;
 mod streaming;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -39,6 +39,12 @@ const FINGERPRINT_BYTES: usize = 256;
 const FRAMING_BYTES: usize = 4096;
 /// How often the file gauges (files watched and open, unread bytes) are published.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often batches waiting for room in a full sink queue are offered again.
+const WAITING_POLL: Duration = Duration::from_millis(20);
+/// Positions are committed in batch order, so while one sink holds a batch back the others'
+/// acknowledged batches wait behind it: past this many, reading pauses for every file, which
+/// bounds that memory (a few MiB) during a long outage of one sink.
+const MAX_UNCOMMITTED_BATCHES: usize = 4096;
 
 /// FNV-1a, 64 bit: stable across Rust versions and platforms, since it is persisted.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -265,6 +271,9 @@ pub struct Tailer {
     /// Files whose inode a new file took during a scan, kept until the scan's `.gz` files are
     /// looked at: what they had unread may be in one.
     displaced: Vec<TailFile>,
+    /// Per sink, batches that found its queue full (a slow or failing backend). While a sink
+    /// has one, the files routed to it are not read; the others go on.
+    waiting: Vec<VecDeque<Arc<Batch>>>,
 }
 
 impl Tailer {
@@ -328,6 +337,7 @@ impl Tailer {
             volumes_seen: None,
             volume_warn: RateLimited::new(Duration::from_secs(60)),
             displaced: Vec::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -352,6 +362,9 @@ impl Tailer {
                 break;
             }
             self.take_notices();
+            if !self.offer_waiting(&out) {
+                break;
+            }
             let now = Instant::now();
             if now >= next_rescan {
                 self.scan_all();
@@ -379,6 +392,10 @@ impl Tailer {
             let progressed = self.read_round(&mut out);
             self.expire(&mut out);
             if now >= next_stats {
+                if self.blocked_sinks() != 0 {
+                    // Files not read while a sink is full still grow: the lag metrics show it.
+                    self.refresh_sizes();
+                }
                 self.publish_stats();
                 next_stats = now + STATS_INTERVAL;
             }
@@ -386,11 +403,17 @@ impl Tailer {
                 if !self.pending.is_empty() && !self.send(&mut out) {
                     break;
                 }
-                let deadline = [Some(next_rescan), Some(next_poll), self.next_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(next_poll);
+                let waiting = (self.blocked_sinks() != 0).then(|| Instant::now() + WAITING_POLL);
+                let deadline = [
+                    Some(next_rescan),
+                    Some(next_poll),
+                    self.next_deadline(),
+                    waiting,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_poll);
                 let wait = deadline.saturating_duration_since(Instant::now());
                 if let Ok(n) = self.notices.recv_timeout(wait) {
                     self.on_notice(n);
@@ -1019,7 +1042,7 @@ impl Tailer {
 
     /// One turn for each file with something to read. Returns whether anything was read.
     fn read_round(&mut self, out: &mut Outputs) -> bool {
-        if self.ready.is_empty() {
+        if self.ready.is_empty() || self.checkpoints.pending_batches() >= MAX_UNCOMMITTED_BATCHES {
             return false;
         }
         let mut progressed = false;
@@ -1074,9 +1097,18 @@ impl Tailer {
             .filter(|f| lineage(f).is_some_and(|l| oldest.get(&l).is_some_and(|o| *o < age(f))))
             .map(|f| f.key)
             .collect();
+        let full_sinks = self.blocked_sinks();
         let order = self.order.clone();
         for key in order {
             if !self.ready.contains(&key) || blocked.contains(&key) {
+                continue;
+            }
+            if full_sinks != 0
+                && self
+                    .files
+                    .get(&key)
+                    .is_some_and(|f| f.source.routing.sinks & full_sinks != 0)
+            {
                 continue;
             }
             let more = self.read_file(key);
@@ -1749,39 +1781,55 @@ impl Tailer {
 
     /// Puts a batch on one sink's queue, waiting while it is full. Returns false when loglet is
     /// stopping or the sink is gone.
+    /// Puts a batch in its sink's queue, or, when the queue is full, keeps it until there is
+    /// room (reading of that sink's files pauses meanwhile). False when the sink is gone.
     fn hand_over(&mut self, out: &Outputs, sink: usize, batch: Arc<Batch>) -> bool {
-        let tx = &out.sinks[sink];
-        {
-            let mut stop = out.stop.clone();
-            // A full queue (a slow or failing backend) pauses reading here; the lag metrics
-            // keep moving meanwhile, since that is when they are looked at.
-            let permit = loop {
-                let waited = out.runtime.block_on(async {
-                    tokio::select! {
-                        biased;
-                        permit = tx.reserve() => Some(permit.ok()),
-                        _ = stop.wait_for(|s| *s) => Some(None),
-                        () = tokio::time::sleep(STATS_INTERVAL) => None,
+        if self.waiting.len() < out.sinks.len() {
+            self.waiting.resize_with(out.sinks.len(), VecDeque::new);
+        }
+        if !self.waiting[sink].is_empty() {
+            self.waiting[sink].push_back(batch);
+            return true;
+        }
+        match out.sinks[sink].try_reserve() {
+            Ok(permit) => {
+                permit.send(batch);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.waiting[sink].push_back(batch);
+                true
+            }
+            // The sink is gone (stopping): this batch is never acknowledged, so its lines are
+            // read again after a restart.
+            Err(mpsc::error::TrySendError::Closed(())) => false,
+        }
+    }
+
+    /// Offers the waiting batches to their sinks again, oldest first. False when a sink is gone.
+    fn offer_waiting(&mut self, out: &Outputs) -> bool {
+        for (sink, waiting) in self.waiting.iter_mut().enumerate() {
+            while let Some(batch) = waiting.front() {
+                match out.sinks[sink].try_reserve() {
+                    Ok(permit) => {
+                        permit.send(batch.clone());
+                        waiting.pop_front();
                     }
-                });
-                match waited {
-                    Some(p) => break p,
-                    None => {
-                        self.refresh_sizes();
-                        self.publish_stats();
-                    }
+                    Err(mpsc::error::TrySendError::Full(())) => break,
+                    Err(mpsc::error::TrySendError::Closed(())) => return false,
                 }
-            };
-            match permit {
-                Some(p) => {
-                    p.send(batch);
-                    true
-                }
-                // Stopping, or the sink is gone: this batch is never acknowledged, so its lines
-                // are read again after a restart.
-                None => false,
             }
         }
+        true
+    }
+
+    /// The sinks (as a routing mask) with batches waiting for room.
+    fn blocked_sinks(&self) -> u64 {
+        self.waiting
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| *i < MAX_SINKS && !w.is_empty())
+            .fold(0, |mask, (i, _)| mask | (1 << i))
     }
 
     /// Sizes of the open files, for the lag metrics while reading is paused.

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use backends::{Backend, Kind, Received};
+use backends::{Answer, Backend, Kind, Received};
 use fake_api::{
     FakeApi, namespace, namespace_with_annotations, pod, with_annotations, with_containers,
 };
@@ -519,5 +519,92 @@ fn json_and_logfmt_lines_have_their_fields_lifted_and_other_lines_pass_unchanged
         l.metric("loglet_parsed_lines_total{parser=\"json\",result=\"unparsed\"}"),
         1.0
     );
+    assert_eq!(l.stop(), 0);
+}
+
+/// How many times each message was stored by an Elasticsearch backend.
+fn es_counts(es: &Backend) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for d in es.received().es {
+        *n.entry(d.doc["message"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn a_sink_that_is_down_holds_back_only_the_files_routed_to_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let slow = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let fast = rt.block_on(Backend::start(Kind::Elasticsearch));
+    // Down until the test says otherwise.
+    slow.script(std::iter::repeat_n(Answer::unavailable(), 1_000_000));
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace("shop", &[]));
+    api.apply_pod(&with_annotations(
+        pod("shop", "archive-0", "uid-archive", NODE),
+        &[("loglet.io/route", "archive")],
+    ));
+    api.apply_pod(&pod("shop", "web-0", "uid-web", NODE));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut archived = node.container("shop", "archive-0", "uid-archive", "app");
+    let mut web = node.container("shop", "web-0", "uid-web", "app");
+    // Enough for the slow sink's queue to fill many times over (4 MiB), and more than loglet
+    // reads at once.
+    let pad = "x".repeat(400);
+    let held: Vec<String> = (0..10_000).map(|i| format!("archived {i} {pad}")).collect();
+    for m in &held {
+        archived.line("stdout", m.as_bytes());
+    }
+    let sinks = format!(
+        "  slow:\n    type: elasticsearch\n    url: {}\n    batch: {{max_records: 10}}\n    request: {{concurrency: 1, retry_initial_backoff: 20ms, retry_max_backoff: 200ms}}\n  fast:\n    type: elasticsearch\n    url: {}\n",
+        slow.url, fast.url
+    );
+    std::fs::create_dir_all(&work).unwrap();
+    // Under `pipeline:` of the test config, then the rest.
+    let extra = format!(
+        "  batch_max_records: 10\n  queue_batches: 1\nkubernetes:\n  kubeconfig: {}\n  metadata_wait: 2s\nroutes:\n  default: {{sinks: [fast]}}\n  archive: {{sinks: [slow]}}\n",
+        api.write_kubeconfig(&work).display()
+    );
+    let l = Loglet::start_with_env(
+        node.root(),
+        &work,
+        &config(&extra, &sinks),
+        &[("NODE_NAME", NODE)],
+    );
+    wait_until(Duration::from_secs(30), "the slow sink to retry", || {
+        (l.metric("loglet_sink_retries_total{sink=\"slow\"}") >= 3.0).then_some(())
+    });
+    // The other route flows on, line after line, while the slow sink is still down.
+    let mut flowed = Vec::new();
+    for round in 0..5 {
+        let batch: Vec<String> = (0..20).map(|i| format!("web {round} {i}")).collect();
+        for m in &batch {
+            web.line("stdout", m.as_bytes());
+        }
+        flowed.extend(batch);
+        wait_until(Duration::from_secs(30), "the fast route's lines", || {
+            let got = es_counts(&fast);
+            flowed.iter().all(|m| got.contains_key(m)).then_some(())
+        });
+    }
+    assert!(slow.received().es.is_empty());
+    assert!(
+        l.metric("loglet_unread_bytes") > 0.0,
+        "the slow route's file waits unread"
+    );
+    // Back up: the held lines arrive, each once, and the fast ones were stored once.
+    slow.clear_script();
+    let got = wait_until(Duration::from_secs(60), "the held lines", || {
+        let got = es_counts(&slow);
+        held.iter().all(|m| got.contains_key(m)).then_some(got)
+    });
+    assert!(
+        got.values().all(|n| *n == 1),
+        "the slow sink got a line twice"
+    );
+    assert_eq!(got.len(), held.len());
+    assert!(es_counts(&fast).values().all(|n| *n == 1));
     assert_eq!(l.stop(), 0);
 }

@@ -236,6 +236,12 @@ impl Checkpoints {
             .set(inner.committed.len() as i64);
     }
 
+    /// Batches whose positions are not committed yet (not acknowledged, or behind one that
+    /// is not).
+    pub fn pending_batches(&self) -> usize {
+        self.lock().pending.len()
+    }
+
     /// Age of the oldest batch not yet acknowledged, in seconds (0 when none).
     pub fn oldest_unacked_seconds(&self) -> f64 {
         let inner = self.lock();
