@@ -415,7 +415,11 @@ impl Tailer {
                 .min()
                 .unwrap_or(next_poll);
                 let wait = deadline.saturating_duration_since(Instant::now());
-                if let Ok(n) = self.notices.recv_timeout(wait) {
+                if waiting.is_some() {
+                    // The files of a full sink get written to thousands of times a second:
+                    // waking on each notice would spin. Their notices are taken all at once.
+                    std::thread::sleep(wait);
+                } else if let Ok(n) = self.notices.recv_timeout(wait) {
                     self.on_notice(n);
                 }
             }
@@ -1730,8 +1734,8 @@ impl Tailer {
     fn next_deadline(&self) -> Option<Instant> {
         let linger = self.s.decode.partial_flush_timeout;
         self.files
-            .values()
-            .filter_map(|f| {
+            .iter()
+            .filter_map(|(key, f)| {
                 let partial = [
                     f.decoder.as_ref().and_then(Decoder::next_deadline),
                     f.joiner.as_ref().and_then(Joiner::next_deadline),
@@ -1739,7 +1743,9 @@ impl Tailer {
                 .into_iter()
                 .flatten()
                 .min();
-                let close = (f.handle.is_some()
+                // As `expire` closes it: drained, and idle since.
+                let drained = f.handle.is_some() && f.unread() == 0 && !self.ready.contains(key);
+                let close = (drained
                     && (f.found.kind == FileKind::Rotated || matches!(f.life, Life::Gone { .. })))
                 .then(|| f.last_growth + linger);
                 [partial, close].into_iter().flatten().min()
