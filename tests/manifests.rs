@@ -691,27 +691,34 @@ fn check_ports(install: &Install, config: &Config) {
         install.name
     );
 
+    // Annotation-based discovery: the Pod template for the `kubernetes-pods` scrape job, the
+    // Service for `kubernetes-service-endpoints`. Both must name the port and path loglet serves.
     let template = install.daemon_set().spec.template.metadata.clone();
-    let annotations = template.and_then(|m| m.annotations).unwrap_or_default();
-    let annotation = |k: &str| annotations.get(k).map(String::as_str);
-    assert_eq!(
-        annotation("prometheus.io/scrape"),
-        Some("true"),
-        "{}",
-        install.name
-    );
-    assert_eq!(
-        annotation("prometheus.io/port"),
-        Some(METRICS_PORT.to_string().as_str()),
-        "{}",
-        install.name
-    );
-    assert_eq!(
-        annotation("prometheus.io/path"),
-        Some("/metrics"),
-        "{}",
-        install.name
-    );
+    for (what, meta) in [
+        ("the Pod template", template),
+        ("the Service", Some(service.metadata.clone())),
+    ] {
+        let annotations = meta.and_then(|m| m.annotations).unwrap_or_default();
+        let annotation = |k: &str| annotations.get(k).map(String::as_str);
+        assert_eq!(
+            annotation("prometheus.io/scrape"),
+            Some("true"),
+            "{}: {what}: prometheus.io/scrape",
+            install.name
+        );
+        assert_eq!(
+            annotation("prometheus.io/port"),
+            Some(METRICS_PORT.to_string().as_str()),
+            "{}: {what}: prometheus.io/port",
+            install.name
+        );
+        assert_eq!(
+            annotation("prometheus.io/path"),
+            Some("/metrics"),
+            "{}: {what}: prometheus.io/path",
+            install.name
+        );
+    }
 
     let docker = Dockerfile::read();
     assert_eq!(
