@@ -958,6 +958,52 @@ fn check_image(install: &Install, config_path: &str) {
         Some(version),
         "Dockerfile ARG VERSION"
     );
+    // The full set of OCI annotations; those only the build knows come from its build args,
+    // which docs/getting-started.md's build command passes.
+    let labels = docker.labels();
+    let build = read("docs/getting-started.md");
+    for (key, arg) in [
+        ("title", None),
+        ("description", None),
+        ("licenses", None),
+        ("version", Some("VERSION")),
+        ("revision", Some("REVISION")),
+        ("created", Some("CREATED")),
+        ("source", Some("SOURCE")),
+        ("url", Some("URL")),
+        ("documentation", Some("DOCUMENTATION")),
+        ("vendor", Some("VENDOR")),
+    ] {
+        let name = format!("org.opencontainers.image.{key}");
+        let value = labels
+            .get(&name)
+            .unwrap_or_else(|| panic!("the Dockerfile's LABEL lacks {name}"));
+        match arg {
+            None => assert!(!value.is_empty(), "Dockerfile LABEL {name} is empty"),
+            Some(arg) => {
+                assert_eq!(
+                    value,
+                    &format!("${{{arg}}}"),
+                    "Dockerfile LABEL {name} comes from ARG {arg}"
+                );
+                assert!(
+                    docker.arg(arg).is_some(),
+                    "the Dockerfile's runtime stage declares no ARG {arg}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        labels.get("org.opencontainers.image.licenses").map(String::as_str),
+        Some(env!("CARGO_PKG_LICENSE")),
+        "Dockerfile LABEL licenses and Cargo.toml's license"
+    );
+    for arg in ["VERSION", "REVISION", "CREATED", "SOURCE"] {
+        assert!(
+            build.contains(&format!("--build-arg {arg}=")),
+            "docs/getting-started.md's build command does not pass {arg}"
+        );
+    }
     // The image's user is the one the securityContext names (docs/security.md says why root).
     assert!(
         matches!(docker.one("USER"), "0" | "0:0" | "root"),
@@ -1007,6 +1053,26 @@ impl Dockerfile {
     fn array(&self, word: &str) -> Vec<String> {
         serde_json::from_str(self.one(word))
             .unwrap_or_else(|e| panic!("Dockerfile {word} is not a JSON array: {e}"))
+    }
+
+    /// The `key="value"` pairs of the stage's LABEL instructions (values double-quoted, without
+    /// escapes, as this Dockerfile writes them).
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        for (_, rest) in self.0.iter().filter(|(w, _)| w == "LABEL") {
+            let mut rest = rest.trim();
+            while !rest.is_empty() {
+                let (key, after) = rest
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("Dockerfile LABEL: expected key=\"value\" at {rest}"));
+                let (value, after) = after
+                    .split_once('"')
+                    .unwrap_or_else(|| panic!("Dockerfile LABEL: unterminated value of {key}"));
+                labels.insert(key.trim().to_string(), value.to_string());
+                rest = after.trim_start();
+            }
+        }
+        labels
     }
 
     fn arg(&self, name: &str) -> Option<String> {
