@@ -47,6 +47,26 @@ fn read(rel: &str) -> String {
         .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()))
 }
 
+/// Runs the real binary's `loglet check-config` on a rendered ConfigMap's config, as an operator
+/// would on a copy: the command's own loading, validation and printing, not only the library's.
+/// (tests/docs.rs runs it on the example files and the docs' configs; the rendered ConfigMaps are
+/// checked here, where they are rendered.)
+fn check_config_binary(origin: &str, text: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).expect("write the config");
+    let out = Command::new(env!("CARGO_BIN_EXE_loglet"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run loglet check-config");
+    assert!(
+        out.status.success(),
+        "{origin}: `loglet check-config` fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---- rendering and strict parsing ----
 
 fn kubectl() -> String {
@@ -256,6 +276,7 @@ impl Install {
         let origin = format!("{} ConfigMap {}/{key}", self.name, source.name);
         let config = Config::parse_str(text, Path::new(&origin))
             .unwrap_or_else(|e| panic!("the config does not pass check-config: {e}"));
+        check_config_binary(&origin, text);
         (path.to_string_lossy().into_owned(), config)
     }
 
@@ -994,7 +1015,9 @@ fn check_image(install: &Install, config_path: &str) {
         }
     }
     assert_eq!(
-        labels.get("org.opencontainers.image.licenses").map(String::as_str),
+        labels
+            .get("org.opencontainers.image.licenses")
+            .map(String::as_str),
         Some(env!("CARGO_PKG_LICENSE")),
         "Dockerfile LABEL licenses and Cargo.toml's license"
     );
@@ -1062,9 +1085,9 @@ impl Dockerfile {
         for (_, rest) in self.0.iter().filter(|(w, _)| w == "LABEL") {
             let mut rest = rest.trim();
             while !rest.is_empty() {
-                let (key, after) = rest
-                    .split_once("=\"")
-                    .unwrap_or_else(|| panic!("Dockerfile LABEL: expected key=\"value\" at {rest}"));
+                let (key, after) = rest.split_once("=\"").unwrap_or_else(|| {
+                    panic!("Dockerfile LABEL: expected key=\"value\" at {rest}")
+                });
                 let (value, after) = after
                     .split_once('"')
                     .unwrap_or_else(|| panic!("Dockerfile LABEL: unterminated value of {key}"));
