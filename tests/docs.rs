@@ -6,6 +6,9 @@ use std::path::Path;
 
 use loglet::config::Config;
 
+#[path = "common/metrics_doc.rs"]
+mod metrics_doc;
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -49,6 +52,74 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
         stale.is_empty(),
         "docs/metrics.md names metrics the code lacks: {stale:?}"
     );
+}
+
+/// The label names of every metric src/metrics.rs registers: the first `&[...]` after each
+/// `"loglet_…"` name, up to the next name.
+fn registered_labels() -> std::collections::BTreeMap<String, Vec<String>> {
+    let code = read("src/metrics.rs");
+    let mut out = std::collections::BTreeMap::new();
+    let starts: Vec<usize> = code.match_indices("\"loglet_").map(|(i, _)| i).collect();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(code.len());
+        let span = &code[start + 1..end];
+        let name = &span[..span.find('"').unwrap()];
+        let labels = match span.find("&[") {
+            Some(i) => {
+                let list = &span[i + 2..i + 2 + span[i + 2..].find(']').unwrap()];
+                list.split(',')
+                    .map(|l| l.trim().trim_matches('"').to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        out.insert(name.to_string(), labels);
+    }
+    assert!(
+        out.len() > 20,
+        "found only {} metrics in src/metrics.rs",
+        out.len()
+    );
+    out
+}
+
+#[test]
+fn every_label_the_code_sets_is_documented_and_on_its_metrics_row() {
+    let registered = registered_labels();
+    let code: BTreeSet<String> = registered.values().flatten().cloned().collect();
+    for l in &code {
+        assert!(
+            l.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "src/metrics.rs: a label name that is not a plain literal: {l:?}"
+        );
+    }
+    let documented = metrics_doc::labels();
+    let docs: BTreeSet<String> = documented.iter().cloned().collect();
+    assert_eq!(docs.len(), documented.len(), "a label is listed twice");
+    let undocumented: Vec<_> = code.difference(&docs).collect();
+    let stale: Vec<_> = docs.difference(&code).collect();
+    assert!(
+        undocumented.is_empty(),
+        "labels missing from docs/metrics.md's label table: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "docs/metrics.md's label table names labels the code does not set: {stale:?}"
+    );
+    // And each metric's row says which labels it has.
+    let rows = metrics_doc::metrics();
+    for (name, labels) in &registered {
+        let row = rows
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} has no row in docs/metrics.md"));
+        for l in labels {
+            assert!(
+                row.meaning.contains(&format!("`{l}`")),
+                "docs/metrics.md: the row of {name} does not name its label `{l}`"
+            );
+        }
+    }
 }
 
 /// Every leaf key path of a config value, with map keys under `sinks` written `<name>`.
