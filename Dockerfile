@@ -26,15 +26,28 @@ RUN touch src/main.rs src/lib.rs \
 # Its root variant, not :nonroot: loglet reads the kubelet's root-owned 0640 log files and keeps
 # only DAC_READ_SEARCH of root's capabilities (docs/security.md explains why not a non-root user).
 FROM gcr.io/distroless/cc-debian12
+# The OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md).
+# What only the build knows comes from build args (docs/getting-started.md has the command):
+# CREATED (RFC 3339, e.g. `date -u +%Y-%m-%dT%H:%M:%SZ`), REVISION (the commit), SOURCE (the
+# repository's URL); URL and DOCUMENTATION default to pages of SOURCE, VENDOR to the project.
+# VERSION is the crate's (tests/manifests.rs checks they agree).
 ARG VERSION=0.1.0
 ARG REVISION=""
+ARG CREATED=""
 ARG SOURCE=""
+ARG URL="${SOURCE}"
+ARG DOCUMENTATION="${SOURCE:+${SOURCE}/blob/${REVISION:-main}/docs/getting-started.md}"
+ARG VENDOR="The loglet authors"
 LABEL org.opencontainers.image.title="loglet" \
       org.opencontainers.image.description="Kubernetes node-level log collector: tails container logs, enriches with Pod metadata, ships to Loki, Elasticsearch, OTLP, Splunk HEC and HTTP" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="${SOURCE}"
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.url="${URL}" \
+      org.opencontainers.image.documentation="${DOCUMENTATION}" \
+      org.opencontainers.image.vendor="${VENDOR}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /loglet /loglet
 USER 0:0
 EXPOSE 9464

@@ -1,9 +1,10 @@
 //! metrics: every metric loglet exports, registered in one place, and the HTTP server for
 //! `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
 //!
-//! Labels are bounded: `sink`, `reason`, `status`, `kind`, `namespace` (per-namespace series only
-//! where the issue asks for them). No series carries a Pod name, UID or file path. docs/metrics.md
-//! lists every metric; a test checks that the list and this file agree.
+//! Labels are bounded (config names, fixed sets of values, the node's Namespaces): no series
+//! carries a Pod name, UID, file path or log content. docs/metrics.md lists every metric and every
+//! label; tests/docs.rs checks that the lists and this file agree (label names are read from the
+//! `&["…"]` literals here, so keep them literal), and tests/metrics_e2e.rs checks the exposition.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

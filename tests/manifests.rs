@@ -47,6 +47,26 @@ fn read(rel: &str) -> String {
         .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()))
 }
 
+/// Runs the real binary's `loglet check-config` on a rendered ConfigMap's config, as an operator
+/// would on a copy: the command's own loading, validation and printing, not only the library's.
+/// (tests/docs.rs runs it on the example files and the docs' configs; the rendered ConfigMaps are
+/// checked here, where they are rendered.)
+fn check_config_binary(origin: &str, text: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).expect("write the config");
+    let out = Command::new(env!("CARGO_BIN_EXE_loglet"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run loglet check-config");
+    assert!(
+        out.status.success(),
+        "{origin}: `loglet check-config` fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---- rendering and strict parsing ----
 
 fn kubectl() -> String {
@@ -256,6 +276,7 @@ impl Install {
         let origin = format!("{} ConfigMap {}/{key}", self.name, source.name);
         let config = Config::parse_str(text, Path::new(&origin))
             .unwrap_or_else(|e| panic!("the config does not pass check-config: {e}"));
+        check_config_binary(&origin, text);
         (path.to_string_lossy().into_owned(), config)
     }
 
@@ -691,27 +712,34 @@ fn check_ports(install: &Install, config: &Config) {
         install.name
     );
 
+    // Annotation-based discovery: the Pod template for the `kubernetes-pods` scrape job, the
+    // Service for `kubernetes-service-endpoints`. Both must name the port and path loglet serves.
     let template = install.daemon_set().spec.template.metadata.clone();
-    let annotations = template.and_then(|m| m.annotations).unwrap_or_default();
-    let annotation = |k: &str| annotations.get(k).map(String::as_str);
-    assert_eq!(
-        annotation("prometheus.io/scrape"),
-        Some("true"),
-        "{}",
-        install.name
-    );
-    assert_eq!(
-        annotation("prometheus.io/port"),
-        Some(METRICS_PORT.to_string().as_str()),
-        "{}",
-        install.name
-    );
-    assert_eq!(
-        annotation("prometheus.io/path"),
-        Some("/metrics"),
-        "{}",
-        install.name
-    );
+    for (what, meta) in [
+        ("the Pod template", template),
+        ("the Service", Some(service.metadata.clone())),
+    ] {
+        let annotations = meta.and_then(|m| m.annotations).unwrap_or_default();
+        let annotation = |k: &str| annotations.get(k).map(String::as_str);
+        assert_eq!(
+            annotation("prometheus.io/scrape"),
+            Some("true"),
+            "{}: {what}: prometheus.io/scrape",
+            install.name
+        );
+        assert_eq!(
+            annotation("prometheus.io/port"),
+            Some(METRICS_PORT.to_string().as_str()),
+            "{}: {what}: prometheus.io/port",
+            install.name
+        );
+        assert_eq!(
+            annotation("prometheus.io/path"),
+            Some("/metrics"),
+            "{}: {what}: prometheus.io/path",
+            install.name
+        );
+    }
 
     let docker = Dockerfile::read();
     assert_eq!(
@@ -951,6 +979,54 @@ fn check_image(install: &Install, config_path: &str) {
         Some(version),
         "Dockerfile ARG VERSION"
     );
+    // The full set of OCI annotations; those only the build knows come from its build args,
+    // which docs/getting-started.md's build command passes.
+    let labels = docker.labels();
+    let build = read("docs/getting-started.md");
+    for (key, arg) in [
+        ("title", None),
+        ("description", None),
+        ("licenses", None),
+        ("version", Some("VERSION")),
+        ("revision", Some("REVISION")),
+        ("created", Some("CREATED")),
+        ("source", Some("SOURCE")),
+        ("url", Some("URL")),
+        ("documentation", Some("DOCUMENTATION")),
+        ("vendor", Some("VENDOR")),
+    ] {
+        let name = format!("org.opencontainers.image.{key}");
+        let value = labels
+            .get(&name)
+            .unwrap_or_else(|| panic!("the Dockerfile's LABEL lacks {name}"));
+        match arg {
+            None => assert!(!value.is_empty(), "Dockerfile LABEL {name} is empty"),
+            Some(arg) => {
+                assert_eq!(
+                    value,
+                    &format!("${{{arg}}}"),
+                    "Dockerfile LABEL {name} comes from ARG {arg}"
+                );
+                assert!(
+                    docker.arg(arg).is_some(),
+                    "the Dockerfile's runtime stage declares no ARG {arg}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        labels
+            .get("org.opencontainers.image.licenses")
+            .map(String::as_str),
+        Some(env!("CARGO_PKG_LICENSE")),
+        "Dockerfile LABEL licenses and Cargo.toml's license"
+    );
+    for arg in ["VERSION", "REVISION", "CREATED", "SOURCE"] {
+        assert!(
+            build.contains(&format!("--build-arg {arg}=")),
+            "docs/getting-started.md's build command does not pass {arg}"
+        );
+    }
     // The image's user is the one the securityContext names (docs/security.md says why root).
     assert!(
         matches!(docker.one("USER"), "0" | "0:0" | "root"),
@@ -1000,6 +1076,26 @@ impl Dockerfile {
     fn array(&self, word: &str) -> Vec<String> {
         serde_json::from_str(self.one(word))
             .unwrap_or_else(|e| panic!("Dockerfile {word} is not a JSON array: {e}"))
+    }
+
+    /// The `key="value"` pairs of the stage's LABEL instructions (values double-quoted, without
+    /// escapes, as this Dockerfile writes them).
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        for (_, rest) in self.0.iter().filter(|(w, _)| w == "LABEL") {
+            let mut rest = rest.trim();
+            while !rest.is_empty() {
+                let (key, after) = rest.split_once("=\"").unwrap_or_else(|| {
+                    panic!("Dockerfile LABEL: expected key=\"value\" at {rest}")
+                });
+                let (value, after) = after
+                    .split_once('"')
+                    .unwrap_or_else(|| panic!("Dockerfile LABEL: unterminated value of {key}"));
+                labels.insert(key.trim().to_string(), value.to_string());
+                rest = after.trim_start();
+            }
+        }
+        labels
     }
 
     fn arg(&self, name: &str) -> Option<String> {
