@@ -1,12 +1,18 @@
 //! bench: the backends' encoders, in ns per record and input bytes per second, on 238-byte lines
-//! from Pods with realistic metadata (labels, owner, image), ten Pods interleaved per batch.
-//! Run: `cargo bench --bench encode`.
+//! from Pods with realistic metadata (labels, owner, image), ten Pods interleaved per batch; and
+//! the sinks' compression of a request body, per codec, in body bytes per second, with the
+//! compression ratio and CPU seconds per GiB (the bench thread's own CPU time) printed first.
+//! Run: `cargo bench --bench encode` (`-- compress` for compression only).
+
+#[path = "common/corpus.rs"]
+mod corpus;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use loglet::config::{Config, SinkConfig};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use loglet::config::{Compression, Config, SinkConfig};
 use loglet::metrics::Metrics;
 use loglet::record::{ContainerMeta, PodMeta, Record, Source, Stream};
 use loglet::sink::format::Format;
@@ -186,5 +192,118 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode);
+/// Records as a sink's request gathers them: `sink.batch.max_bytes` (256 KiB) of lines from the
+/// 80 files of the pipeline bench's node, in runs of `run` lines of one file (the tailer hands
+/// over each file's read in turn: a few lines per file at a steady 20 000 lines/s, a whole
+/// 256 KiB block per file in a catch-up).
+fn request_records(run: usize) -> Vec<Record> {
+    let sources = corpus::sources();
+    let mut g = corpus::Gen::new();
+    let (mut recs, mut bytes) = (Vec::new(), 0u64);
+    while bytes < loglet::config::DEFAULT_SINK_MAX_BYTES {
+        let i = recs.len();
+        let line = Bytes::from(corpus::message(i, &mut g));
+        bytes += line.len() as u64;
+        recs.push(Record {
+            line,
+            time_ns: corpus::time_ns(i, &mut g),
+            stream: if i % 7 == 0 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            },
+            flags: 0,
+            fields: None,
+            source: sources[(i / run) % sources.len()].clone(),
+        });
+    }
+    recs
+}
+
+fn body(format: &dyn Format, recs: &[Record]) -> Vec<u8> {
+    let refs: Vec<&Record> = recs.iter().collect();
+    let mut out = Vec::new();
+    format.encoder().encode(&refs, &mut out);
+    out
+}
+
+/// CPU time of the calling thread, from the scheduler's own accounting (nanosecond resolution,
+/// unlike the clock ticks of `/proc/<pid>/stat`).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// Compression of request bodies through the sinks' own `transport::compress` (gzip level 6,
+/// zstd level 3, snappy raw blocks), buffers from a pool as the sinks use them.
+fn compress(c: &mut Criterion) {
+    use loglet::sink::transport;
+    let metrics = Metrics::new();
+    let loki = sink("    type: loki\n    url: http://loki:3100\n");
+    let loki = loglet::sink::loki::LokiFormat::new("b", &loki, Some("ip-10-0-12-34"), &metrics)
+        .expect("loki");
+    let steady = request_records(4);
+    let catch_up = request_records(1000);
+    let bodies = [
+        ("ndjson", body(&NdjsonFormat, &steady)),
+        ("ndjson_runs_of_1000", body(&NdjsonFormat, &catch_up)),
+        ("loki_protobuf", body(&loki, &steady)),
+    ];
+    let cases = [
+        ("gzip", "ndjson", Compression::Gzip),
+        ("zstd", "ndjson", Compression::Zstd),
+        ("snappy", "ndjson", Compression::Snappy),
+        ("gzip", "ndjson_runs_of_1000", Compression::Gzip),
+        ("zstd", "ndjson_runs_of_1000", Compression::Zstd),
+        ("snappy", "ndjson_runs_of_1000", Compression::Snappy),
+        ("snappy", "loki_protobuf", Compression::Snappy),
+    ];
+    let pool = loglet::pool::BufferPool::new(4, 16 << 20);
+    let fresh = |body: &[u8]| {
+        let mut b = pool.take(body.len());
+        b.extend_from_slice(body);
+        b
+    };
+    let mut group = c.benchmark_group("compress");
+    for (codec, input, compression) in cases {
+        let body = &bodies.iter().find(|(n, _)| *n == input).expect("body").1;
+        let (out, _) = transport::compress(compression, fresh(body), &pool);
+        let ratio = body.len() as f64 / out.len() as f64;
+        pool.give(out);
+        // CPU seconds per GiB, on this thread's clock, over at least a second of compressing.
+        let (mut cpu, mut n) = (Duration::ZERO, 0u64);
+        while cpu < Duration::from_secs(1) || n < 5 {
+            let input = fresh(body);
+            let t0 = thread_cpu();
+            let (out, _) = transport::compress(compression, input, &pool);
+            cpu += thread_cpu() - t0;
+            pool.give(out);
+            n += 1;
+        }
+        let gib = (n * body.len() as u64) as f64 / (1u64 << 30) as f64;
+        eprintln!(
+            "{codec}/{input}: {} bytes -> ratio {ratio:.2} | {:.2} CPU-s per GiB of body ({n} runs)",
+            body.len(),
+            cpu.as_secs_f64() / gib,
+        );
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("{codec}/{input}"), |b| {
+            b.iter_batched(
+                || fresh(body),
+                |input| {
+                    let (out, _) = transport::compress(compression, input, &pool);
+                    let n = out.len();
+                    pool.give(out);
+                    n
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode, compress);
 criterion_main!(benches);

@@ -10,6 +10,10 @@
 //!   (VmHWM), lost and duplicated lines.
 //! - **steady**: a writer appends at a fixed rate; reports loglet's CPU as a share of one core,
 //!   its RSS, and the lag from write to receipt (p50, p99).
+//! - **idle**: `--idle-pods` Pods (2 containers each, same metadata) in a fake API of their own
+//!   and on disk, with a few small lines per file that loglet ships first; then nothing is
+//!   written for `--idle-secs`. Reports loglet's RSS (`VmRSS`, split into anonymous and file
+//!   pages, and `VmHWM`) at the end, and its CPU over the idle time.
 //!
 //! - **soak** (only when asked for): a writer appends at a fixed rate for a long time, with
 //!   kubelet-style rotation (rename, gzip, the oldest deleted), and the receiver answers 503 for
@@ -17,10 +21,11 @@
 //!   at the end, whether memory and descriptors stayed flat and whether every line arrived.
 //!
 //! Run: `cargo bench --bench pipeline -- [--mib 300] [--steady-rate 20000] [--steady-secs 30]
-//! [--queue-batches N] [--sink-max-bytes N]`
-//! (`--mib 0` or `--steady-secs 0` skips a scenario). The soak: `cargo bench --bench pipeline --
-//! --mib 0 --steady-secs 0 --soak-secs 3600 [--soak-rate 2000] [--outage-secs 600]`.
-//! Never run in CI; figures go to docs/performance.md and docs/operations.md.
+//! [--idle-pods 100] [--idle-secs 20] [--queue-batches N] [--sink-max-bytes N]`
+//! (`--mib 0`, `--steady-secs 0` or `--idle-pods 0` skips a scenario). The soak:
+//! `cargo bench --bench pipeline -- --mib 0 --steady-secs 0 --idle-pods 0 --soak-secs 3600
+//! [--soak-rate 2000] [--outage-secs 600]`. Never run in CI; figures go to docs/performance.md
+//! and docs/operations.md.
 
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
@@ -45,6 +50,8 @@ const PODS: usize = 40;
 const CONTAINERS: [&str; 2] = ["app", "proxy"];
 /// containerd's split size.
 const CRI_SPLIT: usize = 16 * 1024;
+/// Lines written to each file of the idle scenario before loglet starts.
+const IDLE_LINES_PER_FILE: u64 = 20;
 /// A bound on every wait, so the bench always ends.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
@@ -52,6 +59,8 @@ struct Args {
     mib: u64,
     steady_rate: u64,
     steady_secs: u64,
+    idle_pods: usize,
+    idle_secs: u64,
     /// Overrides of `pipeline.queue_batches` and the sink's `batch.max_bytes`, to measure defaults.
     queue_batches: Option<u64>,
     sink_max_bytes: Option<u64>,
@@ -65,6 +74,8 @@ fn args() -> Args {
         mib: 300,
         steady_rate: 20_000,
         steady_secs: 30,
+        idle_pods: 100,
+        idle_secs: 20,
         queue_batches: None,
         sink_max_bytes: None,
         soak_secs: 0,
@@ -82,6 +93,8 @@ fn args() -> Args {
             "--mib" => a.mib = num(),
             "--steady-rate" => a.steady_rate = num(),
             "--steady-secs" => a.steady_secs = num(),
+            "--idle-pods" => a.idle_pods = num() as usize,
+            "--idle-secs" => a.idle_secs = num(),
             "--queue-batches" => a.queue_batches = Some(num()),
             "--sink-max-bytes" => a.sink_max_bytes = Some(num()),
             "--soak-secs" => a.soak_secs = num(),
@@ -95,9 +108,28 @@ fn args() -> Args {
 
 fn main() {
     let a = args();
+    if a.mib > 0 || (a.steady_secs > 0 && a.steady_rate > 0) {
+        let api = bench_api(PODS);
+        if a.mib > 0 {
+            catch_up(&api, &a);
+        }
+        if a.steady_secs > 0 && a.steady_rate > 0 {
+            steady(&api, &a);
+        }
+    }
+    if a.idle_pods > 0 {
+        idle(&bench_api(a.idle_pods), &a);
+    }
+    if a.soak_secs > 0 && a.soak_rate > 0 {
+        soak(&bench_api(PODS), &a);
+    }
+}
+
+/// A fake API with the `bench` namespace and `pods` Pods on the bench node.
+fn bench_api(pods: usize) -> FakeApi {
     let api = FakeApi::start_background();
     api.apply_namespace(&namespace("bench", &[("team", "perf"), ("env", "prod")]));
-    for p in 0..PODS {
+    for p in 0..pods {
         api.apply_pod(&owned_by(
             with_labels(
                 with_containers(
@@ -119,15 +151,7 @@ fn main() {
             "checkout-7d9f8b6c5",
         ));
     }
-    if a.mib > 0 {
-        catch_up(&api, &a);
-    }
-    if a.steady_secs > 0 && a.steady_rate > 0 {
-        steady(&api, &a);
-    }
-    if a.soak_secs > 0 && a.soak_rate > 0 {
-        soak(&api, &a);
-    }
+    api
 }
 
 fn pod_name(p: usize) -> String {
@@ -501,6 +525,77 @@ fn steady(api: &FakeApi, a: &Args) {
         ms(pct(0.99)),
         ms(lags.last()),
         seq - seen.distinct().min(seq),
+        seen.damaged.load(Ordering::Relaxed),
+        seen.duplicates.load(Ordering::Relaxed),
+    );
+}
+
+/// `RssAnon` and `RssFile` of a live process, MiB: its own memory, and pages of files it maps
+/// (the binary, shared libraries).
+fn rss_parts_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("RssAnon:"), kb("RssFile:"))
+}
+
+fn idle(api: &FakeApi, a: &Args) {
+    let (pods, secs) = (a.idle_pods, a.idle_secs);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let files = pods * CONTAINERS.len();
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    let mut body = Vec::new();
+    let t0 = now_ns() - 60_000_000_000;
+    for i in 0..files {
+        let path = file_path(root, i / 2, CONTAINERS[i % 2]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut w = BufWriter::new(File::create(path).unwrap());
+        for _ in 0..IDLE_LINES_PER_FILE {
+            body.clear();
+            write!(
+                body,
+                "seq={lines};t=0;level=info msg=\"cache refreshed\" file={i} entries={};eol",
+                lines % 977
+            )
+            .unwrap();
+            bytes += write_cri(&mut w, t0 + lines as i64 * 1000, &body);
+            lines += 1;
+        }
+        w.flush().unwrap();
+    }
+    let seen = Arc::new(Seen::default());
+    let url = receiver(seen.clone(), false);
+    let child = start_loglet(root, api, &url, a);
+    let pid = child.id();
+    wait_for("every line", || seen.distinct() >= lines);
+    let (hwm_shipped, rss_shipped) = rss_mib(pid);
+    let records0 = seen.records.load(Ordering::Relaxed);
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_seconds(pid) - cpu0;
+    let wall = started.elapsed().as_secs_f64();
+    let (hwm, rss) = rss_mib(pid);
+    let (anon, file) = rss_parts_mib(pid);
+    let during_idle = seen.records.load(Ordering::Relaxed) - records0;
+    stop(child);
+    println!(
+        "idle: {pods} Pods x {} containers ({files} files), {lines} lines ({:.0} KiB) shipped, then {secs} s idle",
+        CONTAINERS.len(),
+        bytes as f64 / 1024.0
+    );
+    println!(
+        "  RSS {rss:.1} MiB (anon {anon:.1}, file {file:.1}) | peak {hwm:.1} MiB | when shipped: RSS {rss_shipped:.1}, peak {hwm_shipped:.1} | CPU {:.2} % of a core idle | lost {} | damaged {} | duplicates {} | records while idle {during_idle}",
+        cpu / wall * 100.0,
+        lines - seen.distinct().min(lines),
         seen.damaged.load(Ordering::Relaxed),
         seen.duplicates.load(Ordering::Relaxed),
     );

@@ -53,6 +53,13 @@ impl BufferPool {
         }
     }
 
+    /// Frees every buffer the pool holds (an idle sink's bodies: a MiB or more each, of no use
+    /// until lines come again). Buffers out in use come back as usual.
+    pub fn release_free(&self) {
+        let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(free);
+    }
+
     /// The buffer as `Bytes`; it comes back to the pool when the last slice of it is dropped.
     pub fn freeze(self: &Arc<Self>, b: Vec<u8>) -> Bytes {
         Bytes::from_owner(Pooled {
@@ -103,6 +110,18 @@ mod tests {
         let again = pool.take(10);
         assert!(again.is_empty() && again.capacity() >= 1 << 20);
         assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
+    }
+
+    #[test]
+    fn release_free_empties_the_pool_and_it_fills_again() {
+        let pool = BufferPool::new(2, 4 << 20);
+        pool.give(Vec::with_capacity(1 << 20));
+        pool.give(Vec::with_capacity(1 << 20));
+        let out = pool.freeze(pool.take(1 << 20));
+        pool.release_free();
+        assert_eq!(pool.free_count(), 0);
+        drop(out);
+        assert_eq!(pool.free_count(), 1, "a buffer in use still comes back");
     }
 
     #[test]

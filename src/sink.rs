@@ -35,6 +35,12 @@ use transport::{Answer, Transport, TransportError};
 /// A request body grown past this (a huge batch) is freed after its request, not kept.
 const MAX_POOLED_BODY: usize = 16 * 1024 * 1024;
 
+/// A sink that had no batch for this long frees the request bodies its pool keeps: on a quiet
+/// node they would hold a MiB or more each for nothing (3.5 MiB of a 20 MiB idle RSS in the
+/// idle benchmark, docs/performance.md). Long against the batch timeout, so a steady trickle
+/// keeps its buffers.
+const IDLE_RELEASE: Duration = Duration::from_secs(10);
+
 /// The longest wait loglet honours from a `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -144,6 +150,8 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, cfg: S
     let mut pending: Vec<Arc<Batch>> = Vec::new();
     let (mut records, mut bytes) = (0usize, 0usize);
     let mut deadline: Option<tokio::time::Instant> = None;
+    // Whether the pool's bodies were released since the last batch.
+    let mut released = false;
     loop {
         let timer = async {
             match deadline {
@@ -154,6 +162,7 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, cfg: S
         let full = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(b) => {
+                    released = false;
                     if pending.is_empty() {
                         deadline = Some(tokio::time::Instant::now() + cfg.batch.timeout.0);
                     }
@@ -165,6 +174,13 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, cfg: S
                 None => break,
             },
             () = timer => true,
+            () = tokio::time::sleep(IDLE_RELEASE), if pending.is_empty() && !released => {
+                // Requests still in flight give their bodies back later; the next quiet spell
+                // after a batch releases them.
+                shared.bodies.release_free();
+                released = true;
+                false
+            }
         };
         if full && !pending.is_empty() {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
