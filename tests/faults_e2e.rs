@@ -526,3 +526,127 @@ fn binary_garbage_in_a_log_is_counted_shipped_and_the_line_after_it_arrives() {
     );
     assert!(peak_kib < 96 << 10, "peak RSS {peak_kib} KiB");
 }
+
+/// Waits until checkpoint writes fail and readiness says so, checks that the last good
+/// checkpoint is intact, and that lines keep arriving meanwhile.
+fn ships_while_checkpoints_fail(
+    l: &Loglet,
+    es: &Backend,
+    c: &mut node::Container,
+    checkpoint: &Path,
+    tag: &str,
+) -> Vec<u8> {
+    let errors = l.metric("loglet_checkpoint_errors_total");
+    let good = std::fs::read(checkpoint).unwrap();
+    let during: Vec<String> = (0..200).map(|i| format!("{tag} {i}")).collect();
+    for m in &during {
+        c.line("stdout", m.as_bytes());
+    }
+    wait_for_all(es, &during, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "the failure reported", || {
+        (l.metric("loglet_checkpoint_errors_total") > errors && l.get("/readyz").0 == 503)
+            .then_some(())
+    });
+    let now = std::fs::read(checkpoint).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&now).expect("the checkpoint is valid JSON");
+    assert_eq!(
+        now, good,
+        "the checkpoint stays as it was while writes fail"
+    );
+    assert_eq!(l.get("/healthz").0, 200, "alive: shipping goes on");
+    good
+}
+
+#[test]
+fn a_state_directory_full_then_read_only_keeps_shipping_and_recovers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    let node = Node::new();
+    let work = node.root().join("work");
+    let state = node.root().join("var/lib/loglet");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut c = node.container("shop", "web-0", "uid-web", "nginx");
+    c.line("stdout", b"before");
+    // The state directory is a 1 MiB tmpfs in a mount namespace of loglet's own, so the test
+    // can fill it and make it read-only without touching the host.
+    let script = format!(
+        "mount -t tmpfs -o size=1m loglet-state '{}' && exec \"$0\" \"$@\"",
+        state.display()
+    );
+    let l = Loglet::start_under(
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            &script,
+        ],
+        node.root(),
+        &work,
+        &config("", &es_sink(&es, QUICK_RETRIES)),
+        &[],
+    );
+    wait_for_all(&es, &["before".to_string()], Duration::from_secs(30));
+    // loglet's view of its state directory.
+    let inside = std::path::PathBuf::from(format!("/proc/{}/root{}", l.pid(), state.display()));
+    let checkpoint = inside.join("checkpoints.json");
+    wait_until(Duration::from_secs(20), "a first checkpoint", || {
+        std::fs::metadata(&checkpoint).is_ok().then_some(())
+    });
+
+    // Full: ENOSPC on the next write.
+    let filler = inside.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+    }
+    let good = ships_while_checkpoints_fail(&l, &es, &mut c, &checkpoint, "disk full");
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(20), "ready again", || {
+        (l.get("/readyz").0 == 200).then_some(())
+    });
+    assert_ne!(
+        std::fs::read(&checkpoint).unwrap(),
+        good,
+        "the checkpoint moved on"
+    );
+
+    // Read-only: EROFS on the next write.
+    let remount = |how: &str| {
+        let pid = l.pid().to_string();
+        let ok = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid,
+                "-U",
+                "-m",
+                "--preserve-credentials",
+                "mount",
+                "-o",
+            ])
+            .arg(format!("remount,{how}"))
+            .arg(&state)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {how}");
+    };
+    remount("ro");
+    let good = ships_while_checkpoints_fail(&l, &es, &mut c, &checkpoint, "read-only");
+    remount("rw");
+    wait_until(Duration::from_secs(20), "ready again", || {
+        (l.get("/readyz").0 == 200).then_some(())
+    });
+    assert_ne!(
+        std::fs::read(&checkpoint).unwrap(),
+        good,
+        "the checkpoint moved on"
+    );
+    let stored = stored(&es);
+    assert!(stored.values().all(|n| *n == 1), "a line was stored twice");
+    assert_eq!(l.stop(), 0);
+}
