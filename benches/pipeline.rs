@@ -24,7 +24,7 @@
 //! [--idle-pods 100] [--idle-secs 20] [--queue-batches N] [--sink-max-bytes N]`
 //! (`--mib 0`, `--steady-secs 0` or `--idle-pods 0` skips a scenario). The soak:
 //! `cargo bench --bench pipeline -- --mib 0 --steady-secs 0 --idle-pods 0 --soak-secs 3600
-//! [--soak-rate 2000] [--outage-secs 600]`. Never run in CI; figures go to docs/performance.md
+//! [--soak-rate 2000] [--outage-secs 600] [--rotate-kib 2048]`. Never run in CI; figures go to docs/performance.md
 //! and docs/operations.md.
 
 #[path = "../tests/common/fake_api.rs"]
@@ -34,6 +34,7 @@ mod node;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,7 @@ struct Args {
     soak_secs: u64,
     soak_rate: u64,
     outage_secs: u64,
+    rotate_kib: u64,
 }
 
 fn args() -> Args {
@@ -81,6 +83,7 @@ fn args() -> Args {
         soak_secs: 0,
         soak_rate: 2_000,
         outage_secs: 600,
+        rotate_kib: 2048,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -100,6 +103,7 @@ fn args() -> Args {
             "--soak-secs" => a.soak_secs = num(),
             "--soak-rate" => a.soak_rate = num(),
             "--outage-secs" => a.outage_secs = num(),
+            "--rotate-kib" => a.rotate_kib = num(),
             _ => {} // `--bench` from cargo, and anything else
         }
     }
@@ -329,7 +333,11 @@ fn receiver(seen: Arc<Seen>, lag: bool) -> String {
     format!("http://{}/ingest", rx.recv().unwrap())
 }
 
-fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> Child {
+/// Starts loglet on `root`; returns it and the address of its /metrics.
+fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> (Child, SocketAddr) {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
     let kubeconfig = api.write_kubeconfig(root);
     let config = root.join("loglet.yaml");
     let queue = a.queue_batches.map_or(String::new(), |n| {
@@ -341,12 +349,12 @@ fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> Child {
     std::fs::write(
         &config,
         format!(
-            "state_dir: /state\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\nkubernetes:\n  kubeconfig: {}\n{queue}sinks:\n  bench:\n    type: http\n    url: {url}\n{batch}",
+            "state_dir: /state\nmetrics:\n  listen: {metrics}\nlog:\n  level: warn\nkubernetes:\n  kubeconfig: {}\n{queue}sinks:\n  bench:\n    type: http\n    url: {url}\n{batch}",
             kubeconfig.display()
         ),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_loglet"))
+    let child = Command::new(env!("CARGO_BIN_EXE_loglet"))
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -357,7 +365,26 @@ fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start loglet (cargo bench builds it)")
+        .expect("start loglet (cargo bench builds it)");
+    (child, metrics)
+}
+
+/// The sum of a metric's samples on loglet's /metrics (0 when absent or unreachable).
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    use std::io::Read;
+    let mut body = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = s.read_to_string(&mut body);
+    }
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// user + system CPU seconds of a live process.
@@ -447,7 +474,7 @@ fn catch_up(api: &FakeApi, a: &Args) {
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), false);
     let started = Instant::now();
-    let child = start_loglet(root, api, &url, a);
+    let (child, _) = start_loglet(root, api, &url, a);
     let pid = child.id();
     wait_for("every line", || seen.distinct() >= lines);
     let elapsed = started.elapsed().as_secs_f64();
@@ -481,7 +508,7 @@ fn steady(api: &FakeApi, a: &Args) {
         .collect();
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), true);
-    let child = start_loglet(root, api, &url, a);
+    let (child, _) = start_loglet(root, api, &url, a);
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let cpu0 = cpu_seconds(pid);
@@ -573,7 +600,7 @@ fn idle(api: &FakeApi, a: &Args) {
     }
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), false);
-    let child = start_loglet(root, api, &url, a);
+    let (child, _) = start_loglet(root, api, &url, a);
     let pid = child.id();
     wait_for("every line", || seen.distinct() >= lines);
     let (hwm_shipped, rss_shipped) = rss_mib(pid);
@@ -644,9 +671,8 @@ fn kubelet_rotate(path: &Path, n: u64) -> File {
 }
 
 fn soak(api: &FakeApi, a: &Args) {
-    const ROTATE_BYTES: u64 = 2 << 20;
     const SAMPLE: Duration = Duration::from_secs(30);
-    let (rate, secs) = (a.soak_rate, a.soak_secs);
+    let (rate, secs, rotate_bytes) = (a.soak_rate, a.soak_secs, a.rotate_kib << 10);
     let outage = a.outage_secs.min(secs);
     let outage_from = Duration::from_secs((secs - outage) / 2);
     let outage_to = outage_from + Duration::from_secs(outage);
@@ -665,16 +691,18 @@ fn soak(api: &FakeApi, a: &Args) {
         .collect();
     let seen = Arc::new(Seen::default());
     let url = receiver(seen.clone(), false);
-    let child = start_loglet(root, api, &url, a);
+    let (child, metrics) = start_loglet(root, api, &url, a);
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     println!(
-        "soak: {rate} lines/s for {secs} s into {files} files, rotated at {} MiB; receiver down from {} s to {} s",
-        ROTATE_BYTES >> 20,
+        "soak: {rate} lines/s for {secs} s into {files} files, rotated at {} KiB; receiver down from {} s to {} s",
+        a.rotate_kib,
         outage_from.as_secs(),
         outage_to.as_secs()
     );
-    println!("  time s | RSS MiB | peak MiB | fds | lines written | lines received | CPU s");
+    println!(
+        "  time s | RSS MiB | peak MiB | fds | lines written | lines received | unread MiB | CPU s"
+    );
     let started = Instant::now();
     let tick = Duration::from_millis(10);
     let per_tick = rate / 100;
@@ -698,7 +726,7 @@ fn soak(api: &FakeApi, a: &Args) {
             }
             h.write_all(&buf).unwrap();
             *size += buf.len() as u64;
-            if *size >= ROTATE_BYTES {
+            if *size >= rotate_bytes {
                 rotations += 1;
                 *h = kubelet_rotate(&paths[f], rotations);
                 *size = 0;
@@ -708,9 +736,10 @@ fn soak(api: &FakeApi, a: &Args) {
             let (hwm, rss) = rss_mib(pid);
             let fds = open_fds(pid);
             println!(
-                "  {:6} | {rss:7.1} | {hwm:8.1} | {fds:3} | {seq:13} | {:14} | {:.1}",
+                "  {:6} | {rss:7.1} | {hwm:8.1} | {fds:3} | {seq:13} | {:14} | {:10.1} | {:.1}",
                 at.as_secs(),
                 seen.distinct(),
+                metric(metrics, "loglet_unread_bytes") / f64::from(1 << 20),
                 cpu_seconds(pid)
             );
             samples.push((at.as_secs(), rss, fds));
@@ -720,16 +749,35 @@ fn soak(api: &FakeApi, a: &Args) {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     seen.down.store(false, Ordering::Relaxed);
-    wait_for("every line", || seen.distinct() >= seq);
+    // Every line, or until the count stops moving for a minute (then the rest is lost).
+    let (mut last, mut still) = (0, Instant::now());
+    while seen.distinct() < seq && still.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        if seen.distinct() != last {
+            (last, still) = (seen.distinct(), Instant::now());
+        }
+    }
     let (hwm, rss) = rss_mib(pid);
     let fds = open_fds(pid);
+    println!(
+        "  loglet: lost bytes {} | rotations seen {} | files discovered {} | read errors {} | malformed lines {} | records dropped {}",
+        metric(metrics, "loglet_lost_bytes_total"),
+        metric(metrics, "loglet_rotations_total"),
+        metric(metrics, "loglet_files_discovered_total"),
+        metric(metrics, "loglet_read_errors_total"),
+        metric(metrics, "loglet_lines_malformed_total"),
+        metric(metrics, "loglet_sink_dropped_records_total"),
+    );
     stop(child);
-    // Flat: the last quarter's RSS against the first quarter's (after a minute of warm-up).
+    // Flat: the last quarter's RSS against the first quarter's (after a warm-up).
+    let warm = 60.min(secs / 8);
     let quarter = |from: f64, to: f64| {
         let span: Vec<&(u64, f64, usize)> = samples
             .iter()
             .filter(|s| {
-                s.0 >= 60 && (s.0 as f64) >= from * secs as f64 && (s.0 as f64) < to * secs as f64
+                s.0 >= warm
+                    && (s.0 as f64) >= from * secs as f64
+                    && (s.0 as f64) < to * secs as f64
             })
             .collect();
         let max_rss = span.iter().map(|s| s.1).fold(f64::NAN, f64::max);
