@@ -251,7 +251,6 @@ pub struct Tailer {
     /// The files of each directory, for inotify's "modified" (thousands a second on a busy node);
     /// rebuilt when files come, go or move (`None`).
     by_dir: Option<HashMap<PathBuf, Vec<FileKey>>>,
-    open_files: usize,
     pending: Pending,
     decoded: Vec<Decoded>,
     started: bool,
@@ -324,7 +323,6 @@ impl Tailer {
             notices_tx,
             dirty_dirs: HashSet::new(),
             by_dir: None,
-            open_files: 0,
             pending: Pending::default(),
             decoded: Vec::new(),
             started: false,
@@ -700,21 +698,14 @@ impl Tailer {
                 && !f.from_gz
             {
                 let (fp, offset, unread) = (f.fingerprint, f.safe_offset(), f.unread());
-                if !self.read_rest_from_gz(fp, k, offset) {
+                if !self.read_rest_from_gz(fp, Some(k), offset) {
                     self.finish(k, unread, "deleted_unread");
                 }
             }
         }
         // Files whose inode another file took: the same, under their copy's own key.
         for f in std::mem::take(&mut self.displaced) {
-            let copy = self.gz_copy(f.fingerprint);
-            let read = copy.is_some_and(|gz| {
-                let key = FileKey {
-                    dev: gz.dev,
-                    ino: gz.ino,
-                };
-                self.read_rest_from_gz(f.fingerprint, key, f.safe_offset())
-            });
+            let read = self.read_rest_from_gz(f.fingerprint, None, f.safe_offset());
             if !read {
                 let lost = f.unread();
                 if lost > 0 {
@@ -803,7 +794,7 @@ impl Tailer {
         if let Some(f) = self.files.get(&key)
             && f.handle.is_none()
             && f.fingerprint.is_some()
-            && read_head(&found.path).as_deref().and_then(fingerprint) != f.fingerprint
+            && read_head(&found.path, key).is_some_and(|h| fingerprint(&h) != f.fingerprint)
         {
             // A closed file's inode now holds another file: the old one went away, maybe into
             // a `.gz` this scan has yet to see (see `apply_scan`).
@@ -838,6 +829,17 @@ impl Tailer {
             if f.found.path != found.path || f.found.host_path != found.host_path {
                 self.by_dir = None;
             }
+            // A file found empty (as each new `0.log` is) gets its fingerprint once it has a
+            // first line, even when it is not read yet (its sink full, an older file of its
+            // container first): without one, its `.gz` would not be known for its copy.
+            if f.fingerprint.is_none() && found.size > 0 {
+                f.fingerprint = match &f.handle {
+                    Some(Handle::Plain(file)) => read_head_file(file),
+                    _ => read_head(&found.path, key),
+                }
+                .as_deref()
+                .and_then(fingerprint);
+            }
             f.found.path = found.path;
             f.found.host_path = found.host_path;
             f.found.kind = found.kind;
@@ -852,7 +854,7 @@ impl Tailer {
 
     fn add_file(&mut self, found: Found, key: FileKey) {
         let now = Instant::now();
-        let head = read_head(&found.path);
+        let head = read_head(&found.path, key);
         let fp = head.as_deref().and_then(fingerprint);
         // Where to start: the checkpoint if it is this file's, else per config.
         let mut offset = 0;
@@ -910,7 +912,11 @@ impl Tailer {
     /// never saw that file (rotated and compressed while loglet was down, before it was
     /// checkpointed), and not at all when the file was read to its end or is still being read.
     fn on_found_gz(&mut self, found: Found, gz_key: FileKey) {
-        if self.gz_seen.contains_key(&gz_key) {
+        // A `.gz` too short to tell its first line (still being written, by a rotator that does
+        // not write to a temporary name first) is looked at again once it has grown.
+        if let Some((fp, seen)) = self.gz_seen.get(&gz_key)
+            && (fp.is_some() || seen.size == found.size)
+        {
             return;
         }
         let fp = read_gz_head(&found.path).as_deref().and_then(fingerprint);
@@ -930,11 +936,25 @@ impl Tailer {
         if self.shipped.contains_key(&fp) {
             return;
         }
-        let restored = self
+        // The checkpoints of this file: the original's, and its copy's if loglet was reading the
+        // copy when it stopped; the furthest wins.
+        let restored: Vec<(FileKey, u64)> = self
             .restored
             .iter()
-            .find(|(_, p)| p.fingerprint == fp)
-            .map(|(k, p)| (*k, p.offset));
+            .filter(|(_, p)| p.fingerprint == fp)
+            .map(|(k, p)| (*k, p.offset))
+            .collect();
+        for (k, _) in &restored {
+            self.restored.remove(k);
+        }
+        let restored = restored.iter().map(|(_, o)| *o).max().map(|o| (None, o));
+        // A closed file whose inode a new file took in this same scan: its copy is read from
+        // where that file was left.
+        let displaced = self
+            .displaced
+            .iter()
+            .position(|f| f.fingerprint == Some(fp))
+            .map(|i| (None, self.displaced.remove(i).safe_offset()));
         let unfinished = self
             .files
             .iter()
@@ -943,25 +963,31 @@ impl Tailer {
                     && f.handle.is_none()
                     && matches!(f.life, Life::Gone { .. })
             })
-            .map(|(k, f)| (*k, f.safe_offset()));
+            .map(|(k, f)| (Some(*k), f.safe_offset()));
         let never_seen = || {
             let tracked = self.files.values().any(|f| f.fingerprint == Some(fp));
             let wanted = self.started || self.s.read_from == ReadFrom::Beginning;
-            (!tracked && wanted).then_some((gz_key, 0))
+            (!tracked && wanted).then_some((None, 0))
         };
-        let Some((orig_key, offset)) = restored.or(unfinished).or_else(never_seen) else {
+        let Some((original, offset)) = restored.or(displaced).or(unfinished).or_else(never_seen)
+        else {
             return;
         };
-        self.restored.remove(&orig_key);
-        self.read_gz(found, orig_key, offset, fp);
+        self.read_gz(found, original, offset, fp);
     }
 
-    /// Reads the rest of a file that went away unread from its compressed copy, as file `key`
-    /// from `offset`, unless that copy was shipped already. Returns whether it does.
-    fn read_rest_from_gz(&mut self, fp: Option<u64>, key: FileKey, offset: u64) -> bool {
+    /// Reads the rest of a file that went away unread (still tracked as `original`, if it is)
+    /// from its compressed copy, from `offset`, unless that copy was shipped already. Returns
+    /// whether it does.
+    fn read_rest_from_gz(
+        &mut self,
+        fp: Option<u64>,
+        original: Option<FileKey>,
+        offset: u64,
+    ) -> bool {
         match (fp, self.gz_copy(fp)) {
             (Some(fp), Some(gz)) if !self.shipped.contains_key(&fp) => {
-                self.read_gz(gz, key, offset, fp)
+                self.read_gz(gz, original, offset, fp)
             }
             _ => false,
         }
@@ -976,9 +1002,19 @@ impl Tailer {
             .map(|(_, found)| found.clone())
     }
 
-    /// Reads what is left of the file `key` (its lines before `offset` were shipped) from its
-    /// compressed copy `found`. Returns false when the copy cannot be read.
-    fn read_gz(&mut self, found: Found, orig_key: FileKey, offset: u64, fp: u64) -> bool {
+    /// Reads what is left of a file (its lines before `offset` were shipped) from its compressed
+    /// copy `found`, which takes the place of the file's entry (`original`) and checkpoint.
+    /// The copy is followed under its own key: the original's inode, freed, may be any new
+    /// file's by now. Returns false when the copy cannot be read.
+    fn read_gz(&mut self, found: Found, original: Option<FileKey>, offset: u64, fp: u64) -> bool {
+        let key = FileKey {
+            dev: found.dev,
+            ino: found.ino,
+        };
+        if self.files.contains_key(&key) {
+            // Being read already.
+            return true;
+        }
         let file = match open_log(&found.path) {
             Ok(f) => f,
             Err(e) => {
@@ -992,14 +1028,33 @@ impl Tailer {
             return false;
         }
         tracing::info!(path = %found.host_path, offset, "reading the rest of a file rotated and compressed while it was unread");
-        self.files.remove(&orig_key);
-        self.by_dir = None;
-        self.order.retain(|k| *k != orig_key);
+        if let Some(old) = original {
+            self.files.remove(&old);
+            self.order.retain(|k| *k != old);
+            self.ready.remove(&old);
+        }
+        // The copy's checkpoint replaces the original's in one commit, so that a restart finds
+        // one or the other.
+        let moved = original.filter(|old| *old != key);
+        if let Some(old) = moved {
+            self.pending.update(old, Update::Forget(old));
+        }
+        self.pending.update(
+            key,
+            Update::Set(Position {
+                dev: key.dev,
+                ino: key.ino,
+                fingerprint: fp,
+                path: found.host_path.clone(),
+                offset,
+                finished: false,
+                sidecar: None,
+            }),
+        );
         let now = Instant::now();
         let source = self.path_source(&found);
-        self.open_files += 1;
         let f = TailFile {
-            key: orig_key,
+            key,
             fingerprint: Some(fp),
             size: u64::MAX,
             found,
@@ -1019,10 +1074,10 @@ impl Tailer {
             from_gz: true,
             joiner: None,
         };
-        self.files.insert(orig_key, f);
+        self.files.insert(key, f);
         self.by_dir = None;
-        self.order.push(orig_key);
-        self.ready.insert(orig_key);
+        self.order.push(key);
+        self.ready.insert(key);
         true
     }
 
@@ -1481,7 +1536,7 @@ impl Tailer {
         if matches!(f.life, Life::Gone { .. }) {
             return false;
         }
-        if self.open_files >= self.s.max_open_files && !self.close_idle() {
+        if self.open_files() >= self.s.max_open_files && !self.close_idle() {
             return false;
         }
         let f = self.files.get_mut(&key).expect("file present");
@@ -1491,7 +1546,6 @@ impl Tailer {
                 match file.metadata() {
                     Ok(m) if m.dev() == key.dev && m.ino() == key.ino => {
                         f.handle = Some(Handle::Plain(file));
-                        self.open_files += 1;
                         true
                     }
                     _ => {
@@ -1520,6 +1574,11 @@ impl Tailer {
         }
     }
 
+    /// Log files held open (counted, not tracked, so that no way a file leaves can skew it).
+    fn open_files(&self) -> usize {
+        self.files.values().filter(|f| f.handle.is_some()).count()
+    }
+
     /// Closes the least recently grown file that is read to its end, to make room under the
     /// open-file limit. Returns whether one was closed.
     fn close_idle(&mut self) -> bool {
@@ -1536,7 +1595,6 @@ impl Tailer {
         match victim.and_then(|k| self.files.get_mut(&k)) {
             Some(f) => {
                 f.handle = None;
-                self.open_files -= 1;
                 true
             }
             None => false,
@@ -1602,10 +1660,8 @@ impl Tailer {
         }
         for key in rotated_idle {
             self.flush_file_end(key, &clock);
-            if let Some(f) = self.files.get_mut(&key)
-                && f.handle.take().is_some()
-            {
-                self.open_files -= 1;
+            if let Some(f) = self.files.get_mut(&key) {
+                f.handle = None;
             }
         }
         for key in finished {
@@ -1652,9 +1708,6 @@ impl Tailer {
                 .with_label_values(&[reason])
                 .inc_by(lost);
             tracing::warn!(path = %f.found.host_path, bytes = lost, reason, "log bytes lost: the file went away before loglet read them");
-        }
-        if f.handle.is_some() {
-            self.open_files -= 1;
         }
         self.order.retain(|k| *k != key);
         self.ready.remove(&key);
@@ -1838,13 +1891,40 @@ impl Tailer {
             .fold(0, |mask, (i, _)| mask | (1 << i))
     }
 
-    /// Sizes of the open files, for the lag metrics while reading is paused.
+    /// While reading is paused for a full sink: the files that wait are opened (within the
+    /// open-file budget), so that what the kubelet rotates and deletes meanwhile stays readable
+    /// through the descriptor, and their sizes and fingerprints are kept current, for the lag
+    /// metrics and to know a file again in its `.gz`.
     fn refresh_sizes(&mut self) {
+        let waiting: Vec<FileKey> = self
+            .files
+            .values()
+            .filter(|f| {
+                f.handle.is_none()
+                    && f.life == Life::Present
+                    && (f.found.kind == FileKind::Current
+                        || f.unread() > 0
+                        || f.fingerprint.is_none())
+            })
+            .map(|f| f.key)
+            .collect();
+        let mut room = self.s.max_open_files.saturating_sub(self.open_files());
+        for key in waiting {
+            if room == 0 {
+                break;
+            }
+            if self.ensure_open(key) {
+                room -= 1;
+            }
+        }
         for f in self.files.values_mut() {
             if let Some(Handle::Plain(file)) = &f.handle
                 && let Ok(meta) = file.metadata()
             {
                 f.size = meta.len();
+                if f.fingerprint.is_none() {
+                    f.fingerprint = read_head_file(file).as_deref().and_then(fingerprint);
+                }
             }
         }
     }
@@ -1852,7 +1932,7 @@ impl Tailer {
     fn publish_stats(&self) {
         let m = &self.metrics;
         m.files_watched.set(self.files.len() as i64);
-        m.files_open.set(self.open_files as i64);
+        m.files_open.set(self.open_files() as i64);
         m.unread_bytes.set(
             self.files
                 .values()
@@ -2123,8 +2203,11 @@ fn open_log(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn read_head(path: &Path) -> Option<Vec<u8>> {
-    read_head_file(&open_log(path).ok()?)
+/// The first bytes of the file at `path` if it still is file `key` (not renamed away since).
+fn read_head(path: &Path, key: FileKey) -> Option<Vec<u8>> {
+    let file = open_log(path).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.dev() == key.dev && meta.ino() == key.ino).then(|| read_head_file(&file))?
 }
 
 fn read_gz_head(path: &Path) -> Option<Vec<u8>> {

@@ -85,3 +85,66 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
     );
     assert_eq!(l.stop(), 0);
 }
+
+/// Files the kubelet creates, fills, rotates and compresses while the backend is down are read
+/// from their `.gz` once it is back: a file found empty (as every new `0.log` is at first) is
+/// recognised in its compressed copy all the same.
+#[test]
+fn files_rotated_and_compressed_during_an_outage_arrive_in_order() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
+    es.script(std::iter::repeat_n(Answer::unavailable(), 1_000_000));
+
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut web = node.container("shop", "web-0", "uid-web", "nginx");
+    let mut want: Vec<String> = Vec::new();
+    let mut n = 0;
+    let mut write = |c: &mut node::Container, lines: usize, want: &mut Vec<String>| {
+        for _ in 0..lines {
+            let m = format!("line {n} {}", "y".repeat(100 + n % 50));
+            c.line("stdout", m.as_bytes());
+            want.push(m);
+            n += 1;
+        }
+    };
+    write(&mut web, 3_000, &mut want);
+    let sinks = format!(
+        "  es:\n    type: elasticsearch\n    url: {}\n    request:\n      concurrency: 1\n      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n",
+        es.url
+    );
+    let l = Loglet::start(node.root(), &work, &config("", &sinks));
+    wait_until(Duration::from_secs(30), "retries", || {
+        (l.metric("loglet_sink_retries_total{sink=\"es\"}") >= 3.0).then_some(())
+    });
+    // Three generations, each created empty while reading is paused, then filled, rotated and
+    // compressed as the kubelet does (the rotated file before the last one goes to `.gz`).
+    let mut rotated = Vec::new();
+    for _ in 0..3 {
+        rotated.push(web.rotate());
+        std::thread::sleep(Duration::from_millis(700));
+        write(&mut web, 2_000, &mut want);
+        if rotated.len() >= 2 {
+            web.gzip(&rotated[rotated.len() - 2]);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(es.received().es.len(), 0, "nothing is stored while down");
+    es.clear_script();
+    let stored = wait_until(Duration::from_secs(60), "every line stored", || {
+        let got = es.received();
+        (got.es.len() >= want.len()).then_some(got.es)
+    });
+    let got: Vec<&str> = stored
+        .iter()
+        .map(|d| d.doc["message"].as_str().expect("message"))
+        .collect();
+    assert_eq!(got.len(), want.len(), "lost or repeated lines");
+    assert!(
+        got.iter().zip(&want).all(|(g, w)| g == w),
+        "out of order: the first difference at {:?}",
+        got.iter().zip(&want).position(|(g, w)| g != w)
+    );
+    assert_eq!(l.metric("loglet_lost_bytes_total"), 0.0);
+    assert_eq!(l.stop(), 0);
+}
