@@ -375,7 +375,10 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
     let mut body = String::new();
     if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
         let _ = s.read_to_string(&mut body);
     }
     body.lines()
@@ -648,13 +651,15 @@ fn kubelet_rotate(path: &Path, n: u64) -> File {
     old.sort();
     for p in &old {
         if p.extension().is_none_or(|e| e != "gz") {
-            let gz = PathBuf::from(format!("{}.gz", p.display()));
+            // As the kubelet: compressed under a temporary name, renamed, the original unlinked.
+            let tmp = PathBuf::from(format!("{}.tmp", p.display()));
             let mut enc = flate2::write::GzEncoder::new(
-                File::create(&gz).unwrap(),
+                File::create(&tmp).unwrap(),
                 flate2::Compression::default(),
             );
             std::io::copy(&mut File::open(p).unwrap(), &mut enc).unwrap();
             enc.finish().unwrap();
+            std::fs::rename(&tmp, format!("{}.gz", p.display())).unwrap();
             std::fs::remove_file(p).unwrap();
         }
     }
@@ -775,9 +780,7 @@ fn soak(api: &FakeApi, a: &Args) {
         let span: Vec<&(u64, f64, usize)> = samples
             .iter()
             .filter(|s| {
-                s.0 >= warm
-                    && (s.0 as f64) >= from * secs as f64
-                    && (s.0 as f64) < to * secs as f64
+                s.0 >= warm && (s.0 as f64) >= from * secs as f64 && (s.0 as f64) < to * secs as f64
             })
             .collect();
         let max_rss = span.iter().map(|s| s.1).fold(f64::NAN, f64::max);
