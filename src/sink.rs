@@ -326,6 +326,7 @@ async fn deliver_group(shared: &Shared, mut todo: Vec<&Record>, tenant: Option<&
             Outcome::Partial {
                 retry,
                 rejected,
+                after,
                 reason,
             } => {
                 m.sink_requests.with_label_values(&[sink, "partial"]).inc();
@@ -345,8 +346,8 @@ async fn deliver_group(shared: &Shared, mut todo: Vec<&Record>, tenant: Option<&
                     .collect();
                 if !todo.is_empty() {
                     m.sink_retries.with_label_values(&[sink]).inc();
-                    tokio::time::sleep(shared.backoff(attempt, None)).await;
-                    attempt += 1;
+                    tokio::time::sleep(shared.backoff(attempt, after)).await;
+                    attempt = attempt.saturating_add(1);
                 }
             }
             Outcome::Retry { after, reason } => {

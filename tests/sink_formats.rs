@@ -320,7 +320,7 @@ async fn loki_refusing_old_entries_drops_only_those() {
     let recs = records();
     let out = send(&backend.url, &f, &refs(&recs), Compression::Snappy).await;
     assert!(
-        matches!(&out, Outcome::Partial { retry, rejected: 2, reason } if retry.is_empty() && reason.contains("too far behind")),
+        matches!(&out, Outcome::Partial { retry, rejected: 2, reason, .. } if retry.is_empty() && reason.contains("too far behind")),
         "{out:?}"
     );
     assert_eq!(backend.received().loki.len(), 3);
@@ -395,6 +395,7 @@ async fn elasticsearch_retries_only_refused_items_and_drops_mapping_errors() {
         retry,
         rejected,
         reason,
+        ..
     } = out
     else {
         panic!("{out:?}")
@@ -553,6 +554,7 @@ async fn otlp_partial_success_is_final_and_counted() {
             Outcome::Partial {
                 retry: vec![],
                 rejected: 2,
+                after: None,
                 reason: "otlp partial success, 2 rejected: timestamp too old".into()
             },
             "{options}"

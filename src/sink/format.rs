@@ -76,6 +76,8 @@ pub enum Outcome {
     Partial {
         retry: Vec<usize>,
         rejected: usize,
+        /// The answer's `Retry-After`, if it gave one: the retry of `retry` waits for it too.
+        after: Option<Duration>,
         reason: String,
     },
 }
