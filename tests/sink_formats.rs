@@ -2,6 +2,9 @@
 //! the sink machinery does, POSTed over HTTP to a fake that decodes the real wire format; the
 //! fake's answer is then read by the format. Checks every stored field, and the retry/drop
 //! decisions for the failures the real backends produce.
+//!
+//! Then whole sinks, started from their config as loglet's pipeline starts them
+//! (`loglet::sink::start`): their own transport (TLS, auth), batching, retries and waits.
 
 #[path = "common/backends.rs"]
 mod backends;
@@ -11,13 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Answer, Backend, Kind, TestPki};
+use backends::{Answer, Backend, Kind, RetryAfter, TestPki};
 use bytes::Bytes;
 use loglet::config::{Compression, Config, SinkConfig};
 use loglet::metrics::Metrics;
-use loglet::record::{ContainerMeta, PodMeta, Record, Source, Stream, flags};
+use loglet::record::{Batch, ContainerMeta, PodMeta, Record, Source, Stream, flags};
 use loglet::sink::format::{Format, Outcome};
-use loglet::sink::{elasticsearch, loki, otlp, splunk_hec};
+use loglet::sink::transport::TransportError;
+use loglet::sink::{StartError, elasticsearch, loki, otlp, splunk_hec};
+use loglet::tail::checkpoint::Checkpoints;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 const T0: i64 = 1_714_568_400_123_456_789; // 2024-05-01T13:00:00.123456789Z
@@ -127,18 +132,6 @@ async fn send(
     compression: Compression,
 ) -> Outcome {
     let client = CLIENT.with(Clone::clone);
-    send_with(&client, base, format, records, compression)
-        .await
-        .expect("the fake backend answers")
-}
-
-async fn send_with(
-    client: &reqwest::Client,
-    base: &str,
-    format: &dyn Format,
-    records: &[&Record],
-    compression: Compression,
-) -> Result<Outcome, reqwest::Error> {
     let mut body = Vec::new();
     format.encoder().encode(records, &mut body);
     let mut headers = HeaderMap::new();
@@ -165,11 +158,17 @@ async fn send_with(
         }
     };
     let url = format!("{base}{}", format.path().unwrap_or(""));
-    let resp = client.post(url).headers(headers).body(body).send().await?;
+    let resp = client
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("the fake backend answers");
     let status = resp.status();
     let h = resp.headers().clone();
-    let b = resp.bytes().await?;
-    Ok(format.outcome(status, &h, &b, records.len()))
+    let b = resp.bytes().await.expect("the fake backend's body");
+    format.outcome(status, &h, &b, records.len())
 }
 
 fn refs(records: &[Record]) -> Vec<&Record> {
@@ -672,89 +671,398 @@ async fn hec_codes_decide_retry_or_drop() {
     assert_eq!(backend.received().hec.len(), 5);
 }
 
-// ---- TLS ----
+// ---- Whole sinks ----
 
-fn tls_client(ca: Option<&str>, identity: Option<&TestPki>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .tls_built_in_root_certs(false);
-    if let Some(ca) = ca {
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"));
+/// A sink started from its config as loglet's pipeline starts it (`sink::start`: its format, its
+/// transport with TLS and auth, batching, retries and metrics), fed batches whose
+/// acknowledgements a checkpoint store keeps.
+struct Running {
+    sink: loglet::sink::Sink,
+    metrics: Arc<Metrics>,
+    checkpoints: Arc<Checkpoints>,
+    _state: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(cfg: &SinkConfig) -> Result<Running, StartError> {
+        let metrics = Metrics::new();
+        let state = tempfile::tempdir().expect("temp dir");
+        let (checkpoints, _) =
+            Checkpoints::open(state.path(), metrics.clone()).expect("checkpoint store");
+        let sink = loglet::sink::start("out", 0, cfg, Some("self-node"), 2, metrics.clone())?;
+        Ok(Running {
+            sink,
+            metrics,
+            checkpoints,
+            _state: state,
+        })
     }
-    if let Some(pki) = identity {
-        let pem = format!("{}{}", pki.client_cert_pem, pki.client_key_pem);
-        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+
+    async fn send(&self, records: Vec<Record>) {
+        let ack = self.checkpoints.register(Vec::new(), records.len(), 1);
+        self.sink
+            .queue
+            .send(Arc::new(Batch { records, ack }))
+            .await
+            .expect("the sink runs");
     }
-    b.build().expect("client")
+
+    /// Every batch sent was acknowledged: delivered, or dropped for good.
+    fn all_acked(&self) -> bool {
+        self.checkpoints.pending_batches() == 0
+    }
+
+    /// Attempts that failed without an answer (`loglet_sink_errors_total` of the transport's
+    /// labels).
+    fn failed_attempts(&self) -> u64 {
+        ["connect", "request", "timeout"]
+            .iter()
+            .map(|l| {
+                self.metrics
+                    .sink_errors
+                    .with_label_values(&["out", l])
+                    .get()
+            })
+            .sum()
+    }
+
+    fn requests(&self, result: &str) -> u64 {
+        self.metrics
+            .sink_requests
+            .with_label_values(&["out", result])
+            .get()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.sink.task.abort();
+    }
+}
+
+/// Polls `done` every 10 ms for at most `within`; whether it came true.
+async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..within.as_millis() / 10 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Options that make a sink send at once and retry fast unless the backend asks for a wait: a
+/// test of `Retry-After` fails when the wait is not honoured.
+const QUICK: &str = "    batch: {timeout: 10ms}\n    request: {retry_initial_backoff: 10ms, retry_max_backoff: 20ms}\n";
+
+// ---- Retry-After ----
+
+#[tokio::test]
+async fn a_retry_after_in_seconds_holds_the_retry_back_that_long() {
+    let backend = Backend::start(Kind::Loki).await;
+    backend.script([Answer::too_many(Some(2))]);
+    let s = Running::start(&sink(&backend.url, &format!("    type: loki\n{QUICK}"))).unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let statuses: Vec<u16> = got.requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 204]);
+    let waited = got.requests[1].arrived - got.requests[0].arrived;
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_eq!(got.loki.len(), 5);
 }
 
 #[tokio::test]
-async fn tls_backends_are_trusted_through_the_test_ca_only() {
-    let pki = TestPki::new();
-    let backend = Backend::start_tls(Kind::Loki, &pki, false).await;
-    assert!(backend.url.starts_with("https://127.0.0.1:"));
-    let m = Metrics::new();
-    let f = loki_format(&backend.url, "{}", &m);
-    let recs = records();
-    let trusted = tls_client(Some(&pki.ca_pem), None);
-    let out = send_with(
-        &trusted,
-        &backend.url,
-        &f,
-        &refs(&recs),
-        Compression::Snappy,
-    )
-    .await;
-    assert_eq!(out.expect("TLS with the test CA"), Outcome::Delivered);
-    let untrusted = tls_client(None, None);
-    let err = send_with(
-        &untrusted,
-        &backend.url,
-        &f,
-        &refs(&recs),
-        Compression::Snappy,
-    )
-    .await
-    .expect_err("an unknown CA");
-    assert!(err.is_connect(), "{err:?}");
-    assert_eq!(backend.received().loki.len(), 5);
+async fn a_retry_after_date_holds_the_retry_back_until_that_date() {
+    let backend = Backend::start(Kind::Otlp).await;
+    let date = std::time::SystemTime::now() + Duration::from_secs(3);
+    // What the header carries: the date to the second.
+    let sent = httpdate::parse_http_date(&httpdate::fmt_http_date(date)).unwrap();
+    backend.script([Answer::unavailable().retry_after(RetryAfter::Date(date))]);
+    let s = Running::start(&sink(&backend.url, &format!("    type: otlp\n{QUICK}"))).unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let statuses: Vec<u16> = got.requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 200]);
+    let retried = got.requests[1].arrived_wall;
+    assert!(
+        retried >= sent,
+        "retried {:?} before the date asked",
+        sent.duration_since(retried).unwrap_or_default()
+    );
+    assert_eq!(got.otlp.len(), 5);
 }
 
 #[tokio::test]
-async fn mutual_tls_backends_demand_a_client_certificate() {
+async fn elasticsearch_items_refused_with_a_retry_after_are_retried_no_sooner() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    backend.script([
+        Answer::BulkItems(vec![(1, 429, "es_rejected_execution_exception".into())])
+            .retry_after(RetryAfter::Seconds(2)),
+    ]);
+    let s = Running::start(&sink(
+        &backend.url,
+        &format!("    type: elasticsearch\n{QUICK}"),
+    ))
+    .unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    assert_eq!(got.requests.len(), 2);
+    assert_eq!(s.requests("partial"), 1);
+    let waited = got.requests[1].arrived - got.requests[0].arrived;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "items retried after {waited:?}"
+    );
+    let mut messages: Vec<&str> = got
+        .es
+        .iter()
+        .map(|d| d.doc["message"].as_str().unwrap_or_default())
+        .collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        [
+            "GET /cart \"200\"",
+            "cut here",
+            "etcd: compacted",
+            "tab\there é",
+            "warn: slow"
+        ],
+        "each stored once"
+    );
+}
+
+// ---- TLS, through the sink's own transport ----
+
+/// The test PKI's files, as a sink's `tls:` block names them.
+struct PkiFiles {
+    pki: TestPki,
+    ca: String,
+    cert: String,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+fn pki_files() -> PkiFiles {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let [ca, cert, key] = pki.write(dir.path());
+    let [ca, cert, key] = pki.write(dir.path()).map(|p| p.display().to_string());
+    PkiFiles {
+        pki,
+        ca,
+        cert,
+        key,
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn tls_backends_are_trusted_through_the_configured_ca_file() {
+    let f = pki_files();
+    let backend = Backend::start_tls(Kind::Loki, &f.pki, false).await;
+    assert!(backend.url.starts_with("https://127.0.0.1:"));
+    let loki = |tls: &str| {
+        sink(
+            &backend.url,
+            &format!("    type: loki\n{QUICK}    tls: {tls}\n"),
+        )
+    };
+
+    let trusted = Running::start(&loki(&format!("{{ca_file: {}}}", f.ca))).unwrap();
+    trusted.send(records()).await;
+    assert!(eventually(WITHIN, || trusted.all_acked()).await);
+    assert_eq!(backend.received().loki.len(), 5);
+    assert_eq!(trusted.failed_attempts(), 0);
+    drop(trusted);
+
+    // The system's roots alone do not know the test CA: refused, counted, retried, nothing
+    // delivered.
+    let untrusted = Running::start(&loki("{}")).unwrap();
+    untrusted.send(records()).await;
+    assert!(eventually(WITHIN, || untrusted.failed_attempts() >= 2).await);
     assert!(
-        std::fs::read_to_string(&ca)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE")
+        untrusted
+            .metrics
+            .sink_errors
+            .with_label_values(&["out", "connect"])
+            .get()
+            >= 2,
+        "a failed handshake is a connection error"
     );
-    assert!(
-        std::fs::read_to_string(&cert)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE")
-    );
-    assert!(
-        std::fs::read_to_string(&key)
-            .unwrap()
-            .contains("PRIVATE KEY")
-    );
-    let backend = Backend::start_tls(Kind::SplunkHec, &pki, true).await;
-    let f = hec_format(&backend.url, "{token: test-token}");
-    let recs = records();
-    let without = tls_client(Some(&pki.ca_pem), None);
-    assert!(
-        send_with(&without, &backend.url, &f, &refs(&recs), Compression::None)
-            .await
-            .is_err()
-    );
-    let with = tls_client(Some(&pki.ca_pem), Some(&pki));
-    let out = send_with(&with, &backend.url, &f, &refs(&recs), Compression::None).await;
-    assert_eq!(out.expect("mutual TLS"), Outcome::Delivered);
+    assert!(!untrusted.all_acked());
+    assert_eq!(untrusted.requests("delivered"), 0);
+    drop(untrusted);
     let got = backend.received();
-    assert_eq!(got.hec.len(), 5);
+    assert_eq!(got.loki.len(), 5, "nothing more stored");
+    assert!(got.tls_failures >= 2);
+
+    // Verification off: delivered without the CA.
+    let insecure = Running::start(&loki("{insecure_skip_verify: true}")).unwrap();
+    insecure.send(records()).await;
+    assert!(eventually(WITHIN, || insecure.all_acked()).await);
+    assert_eq!(backend.received().loki.len(), 10);
+}
+
+#[tokio::test]
+async fn mutual_tls_backends_take_the_configured_client_certificate() {
+    let f = pki_files();
+    let backend = Backend::start_tls(Kind::SplunkHec, &f.pki, true).await;
+    let hec = |tls: &str| {
+        sink(
+            &backend.url,
+            &format!(
+                "    type: splunk_hec\n    splunk_hec: {{token: test-token}}\n{QUICK}    tls: {tls}\n"
+            ),
+        )
+    };
+
+    let without = Running::start(&hec(&format!("{{ca_file: {}}}", f.ca))).unwrap();
+    without.send(records()).await;
+    assert!(eventually(WITHIN, || without.failed_attempts() >= 2).await);
+    assert!(!without.all_acked());
+    drop(without);
+    let got = backend.received();
+    assert!(got.hec.is_empty());
     assert!(got.tls_failures >= 1);
+
+    let with = Running::start(&hec(&format!(
+        "{{ca_file: {}, cert_file: {}, key_file: {}}}",
+        f.ca, f.cert, f.key
+    )))
+    .unwrap();
+    with.send(records()).await;
+    assert!(eventually(WITHIN, || with.all_acked()).await);
+    assert_eq!(backend.received().hec.len(), 5);
+    assert_eq!(with.requests("delivered"), 1);
+}
+
+#[tokio::test]
+async fn unusable_tls_files_stop_the_sink_at_start_naming_the_file() {
+    let f = pki_files();
+    let write = |name: &str, text: &str| {
+        let p = f.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let not_pem = write("not-pem.pem", "this is no certificate\n");
+    let bad_base64 = write(
+        "bad-base64.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let bad_der = write(
+        "bad-der.pem",
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    );
+    let other_key = write(
+        "other-key.pem",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
+    let cases = [
+        (
+            format!("{{ca_file: {not_pem}}}"),
+            &not_pem,
+            "no certificate found",
+        ),
+        (format!("{{ca_file: {bad_base64}}}"), &bad_base64, ""),
+        (format!("{{ca_file: {bad_der}}}"), &bad_der, "certificate 1"),
+        (
+            format!("{{cert_file: {bad_der}, key_file: {}}}", f.key),
+            &bad_der,
+            "certificate 1",
+        ),
+        (
+            format!("{{cert_file: {}, key_file: {}}}", f.cert, f.ca),
+            &f.ca,
+            "",
+        ),
+        (
+            format!("{{cert_file: {}, key_file: {other_key}}}", f.cert),
+            &other_key,
+            "is it the key of",
+        ),
+    ];
+    for (tls, file, detail) in &cases {
+        let cfg = sink(
+            "https://127.0.0.1:1",
+            &format!("    type: loki\n    tls: {tls}\n"),
+        );
+        match Running::start(&cfg) {
+            Err(StartError::Transport(e @ TransportError::BadPem { .. })) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(file.as_str()) && text.contains(detail),
+                    "{tls}: {text}"
+                );
+            }
+            Err(e) => panic!("{tls}: not a PEM error: {e}"),
+            Ok(_) => panic!("{tls}: the sink started"),
+        }
+    }
+    let missing = f.dir.path().join("missing.pem");
+    let cfg = sink(
+        "https://127.0.0.1:1",
+        &format!(
+            "    type: loki\n    tls: {{ca_file: {}}}\n",
+            missing.display()
+        ),
+    );
+    assert!(matches!(
+        Running::start(&cfg),
+        Err(StartError::Transport(TransportError::ReadFile { .. }))
+    ));
+}
+
+// ---- Auth ----
+
+#[tokio::test]
+async fn a_changed_bearer_token_file_is_sent_from_the_next_request_on() {
+    let backend = Backend::start(Kind::Http).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let cfg = sink(
+        &format!("{}/ingest", backend.url),
+        &format!(
+            "    type: http\n{QUICK}    auth: {{bearer: {{token_file: {}}}}}\n",
+            token.display()
+        ),
+    );
+    let s = Running::start(&cfg).unwrap();
+    let mut first = records();
+    let second = first.split_off(2);
+    s.send(first).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+
+    // A projected token is replaced in place; make sure its modification time moves even on a
+    // filesystem with coarse timestamps.
+    std::fs::write(&token, "second-token\n").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&token)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    s.send(second).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+
+    let got = backend.received();
+    let auth: Vec<Option<&str>> = got
+        .requests
+        .iter()
+        .map(|r| r.authorization.as_deref())
+        .collect();
+    assert_eq!(
+        auth,
+        [Some("Bearer first-token"), Some("Bearer second-token")]
+    );
+    assert!(got.requests.iter().all(|r| r.path == "/ingest"));
+    assert_eq!(got.http.len(), 5);
 }
 
 // ---- docs/sinks.md ----
