@@ -67,6 +67,20 @@ pub struct RouteConfig {
     /// (`logs-{namespace}-*`).
     #[serde(default)]
     pub allowed_indices: Vec<String>,
+    /// The Splunk HEC `source`, a template without dates; default: the sink's
+    /// `splunk_hec.source`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The sources `loglet.io/source` may choose, written as `allowed_indices` are.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
+    /// The Splunk HEC `sourcetype`, a template without dates; default: the sink's
+    /// `splunk_hec.sourcetype`.
+    #[serde(default)]
+    pub sourcetype: Option<String>,
+    /// The sourcetypes `loglet.io/sourcetype` may choose, written as `allowed_indices` are.
+    #[serde(default)]
+    pub allowed_sourcetypes: Vec<String>,
     /// Labels added to every record of the route: Loki stream labels, and a `labels` object in
     /// JSON events.
     #[serde(default)]

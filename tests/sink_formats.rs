@@ -19,6 +19,7 @@ use bytes::Bytes;
 use loglet::config::{Compression, Config, SinkConfig};
 use loglet::metrics::Metrics;
 use loglet::record::{Batch, ContainerMeta, PodMeta, Record, Source, Stream, flags};
+use loglet::route::Routes;
 use loglet::sink::format::{Format, Outcome};
 use loglet::sink::transport::TransportError;
 use loglet::sink::{StartError, elasticsearch, loki, otlp, splunk_hec};
@@ -28,6 +29,21 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
 const T0: i64 = 1_714_568_400_123_456_789; // 2024-05-01T13:00:00.123456789Z
 
 fn web_source(pod: &str, uid: &str) -> Arc<Source> {
+    annotated_web_source(pod, uid, &[], &[])
+}
+
+/// A Pod of the `web` Deployment whose Pod and Namespace carry these `loglet.io/` annotations.
+fn annotated_web_source(
+    pod: &str,
+    uid: &str,
+    pod_annotations: &[(&str, &str)],
+    namespace_annotations: &[(&str, &str)],
+) -> Arc<Source> {
+    let pairs = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     let meta = PodMeta {
         namespace: "shop".into(),
         name: pod.into(),
@@ -41,12 +57,13 @@ fn web_source(pod: &str, uid: &str) -> Arc<Source> {
         namespace_labels: vec![],
         owner: Some(("ReplicaSet".into(), "web-5d8f".into())),
         workload: Some(("Deployment".into(), "web".into())),
+        loglet_annotations: pairs(pod_annotations),
+        namespace_loglet_annotations: pairs(namespace_annotations),
         containers: vec![ContainerMeta {
             name: "nginx".into(),
             image: Some("nginx:1.27".into()),
             container_id: Some(format!("id-{uid}")),
         }],
-        ..PodMeta::default()
     };
     Arc::new(Source {
         id: Source::next_id(),
@@ -834,6 +851,93 @@ async fn elasticsearch_items_refused_with_a_retry_after_are_retried_no_sooner() 
             "warn: slow"
         ],
         "each stored once"
+    );
+}
+
+// ---- Routes ----
+
+/// `source` with its routing decided by `routes`, as the tailer hands it on.
+fn routed(mut source: Arc<Source>, routes: &Routes) -> Arc<Source> {
+    let decision = routes.decide(&source);
+    Arc::get_mut(&mut source).expect("not shared yet").routing = Arc::new(decision);
+    source
+}
+
+#[tokio::test]
+async fn hec_events_take_the_index_source_and_sourcetype_of_their_route() {
+    let backend = Backend::start(Kind::SplunkHec).await;
+    let text = format!(
+        "sinks:
+  out:
+    type: splunk_hec
+    url: {}
+    splunk_hec: {{token: test-token, index: main}}
+{QUICK}routes:
+  default: {{sinks: [out]}}
+  teams:
+    sinks: [out]
+    index: 'k8s-{{namespace}}'
+    source: 'k8s:{{namespace}}/{{pod}}'
+    sourcetype: 'kube:{{app}}'
+    allowed_sourcetypes: ['{{namespace}}:*']
+",
+        backend.url
+    );
+    let config = Config::parse_str(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let routes = Routes::new(&config, None, Metrics::new());
+    let teams = [("loglet.io/route", "teams")];
+    let chosen = routed(
+        annotated_web_source(
+            "web-1",
+            "uid-1",
+            &[("loglet.io/sourcetype", "shop:access")],
+            &teams,
+        ),
+        &routes,
+    );
+    let plain = routed(annotated_web_source("web-2", "uid-2", &[], &teams), &routes);
+    // Another namespace's sourcetype: refused, the route's own used.
+    let refused = routed(
+        annotated_web_source(
+            "web-3",
+            "uid-3",
+            &[("loglet.io/sourcetype", "pay:access")],
+            &teams,
+        ),
+        &routes,
+    );
+    let default = routed(bare_source(), &routes);
+    let s = Running::start(&config.sinks["out"]).unwrap();
+    s.send(vec![
+        rec(&chosen, "one", T0, Stream::Stdout),
+        rec(&plain, "two", T0, Stream::Stdout),
+        rec(&refused, "three", T0, Stream::Stdout),
+        rec(&default, "four", T0, Stream::Stdout),
+    ])
+    .await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let meta: Vec<(&str, &str, &str, &str)> = got
+        .hec
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap_or_default();
+            (f("event"), f("index"), f("source"), f("sourcetype"))
+        })
+        .collect();
+    assert_eq!(
+        meta,
+        [
+            ("one", "k8s-shop", "k8s:shop/web-1", "shop:access"),
+            ("two", "k8s-shop", "k8s:shop/web-2", "kube:web"),
+            ("three", "k8s-shop", "k8s:shop/web-3", "kube:web"),
+            (
+                "four",
+                "main",
+                "/var/log/pods/kube-system_etcd-n1_hash/etcd/0.log",
+                "kube:container:etcd"
+            ),
+        ]
     );
 }
 
