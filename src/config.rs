@@ -339,8 +339,10 @@ pub struct SinkConfig {
     /// The endpoint (for `http`, the full URL; for the others, the base URL of the backend).
     #[serde(default)]
     pub url: Option<String>,
+    /// Unset: the format's own choice (gzip for OTLP, as the Collector's exporter; snappy for
+    /// Loki's protobuf; none for the others).
     #[serde(default)]
-    pub compression: Compression,
+    pub compression: Option<Compression>,
     #[serde(default)]
     pub batch: SinkBatchConfig,
     #[serde(default)]
@@ -371,7 +373,7 @@ impl SinkConfig {
         SinkConfig {
             kind: SinkType::Stdout,
             url: None,
-            compression: Compression::None,
+            compression: None,
             batch: SinkBatchConfig::default(),
             request: RequestConfig::default(),
             tls: TlsConfig::default(),
@@ -1196,7 +1198,7 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
         }
     }
     let compression_ok: &[Compression] = match kind {
-        // Loki always snappy-decodes protobuf; `none` means the format's default.
+        // Loki always snappy-decodes protobuf: `none` is taken to mean its default, snappy.
         SinkType::Loki
             if sink
                 .loki
@@ -1213,7 +1215,9 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
         }
         SinkType::Stdout => &[Compression::None],
     };
-    if !compression_ok.contains(&sink.compression) {
+    if let Some(c) = sink.compression
+        && !compression_ok.contains(&c)
+    {
         let names: Vec<&str> = compression_ok
             .iter()
             .map(|c| match c {

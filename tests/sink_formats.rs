@@ -774,6 +774,38 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// test of `Retry-After` fails when the wait is not honoured.
 const QUICK: &str = "    batch: {timeout: 10ms}\n    request: {retry_initial_backoff: 10ms, retry_max_backoff: 20ms}\n";
 
+// ---- Compression ----
+
+#[tokio::test]
+async fn compression_is_the_formats_own_unless_the_config_chooses() {
+    let cases = [
+        // OTLP gzips by default, as the Collector's exporter does, and `none` turns it off.
+        (Kind::Otlp, "otlp", "", Some("gzip")),
+        (Kind::Otlp, "otlp", "none", None),
+        (Kind::Otlp, "otlp", "zstd", Some("zstd")),
+        (Kind::Elasticsearch, "elasticsearch", "", None),
+        (Kind::Elasticsearch, "elasticsearch", "gzip", Some("gzip")),
+        (Kind::Http, "http", "zstd", Some("zstd")),
+        // Loki's protobuf is snappy whatever is said (without Content-Encoding, as Loki expects);
+        // the fake refuses a push that is not.
+        (Kind::Loki, "loki", "none", None),
+    ];
+    for (kind, sink_type, compression, want) in cases {
+        let backend = Backend::start(kind).await;
+        let mut options = format!("    type: {sink_type}\n{QUICK}");
+        if !compression.is_empty() {
+            options.push_str(&format!("    compression: {compression}\n"));
+        }
+        let s = Running::start(&sink(&backend.url, &options)).unwrap();
+        s.send(records()).await;
+        let case = format!("{sink_type} {compression:?}");
+        assert!(eventually(WITHIN, || s.all_acked()).await, "{case}");
+        let got = backend.received();
+        assert_eq!(got.stored(), 5, "{case}");
+        assert_eq!(got.requests[0].content_encoding.as_deref(), want, "{case}");
+    }
+}
+
 // ---- Retry-After ----
 
 #[tokio::test]
