@@ -839,6 +839,23 @@ impl SinkConfig {
                 if self.url.is_some() {
                     p.push(format!("{key}.url: a stdout sink has no url"));
                 }
+                // Set, they would be ignored: a stdout sink sends no HTTP request.
+                let tls = &self.tls;
+                let with_tls = tls.ca_file.is_some()
+                    || tls.cert_file.is_some()
+                    || tls.key_file.is_some()
+                    || tls.insecure_skip_verify;
+                for (set, what) in [
+                    (with_tls, "tls"),
+                    (self.auth.is_some(), "auth"),
+                    (!self.headers.is_empty(), "headers"),
+                ] {
+                    if set {
+                        p.push(format!(
+                            "{key}.{what}: a stdout sink sends no HTTP requests"
+                        ));
+                    }
+                }
             }
             _ => match self.url.as_deref().map(reqwest::Url::parse) {
                 None => p.push(format!(
@@ -971,6 +988,22 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want} in {e}");
         }
+    }
+
+    #[test]
+    fn http_options_on_a_stdout_sink_are_refused_not_ignored() {
+        let e = parse(
+            "sinks:\n  out:\n    type: stdout\n    tls: {insecure_skip_verify: true}\n    auth: {bearer: {token: t}}\n    headers: {X-A: b}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in ["sinks.out.tls", "sinks.out.auth", "sinks.out.headers"] {
+            assert!(
+                e.contains(&format!("{want}: a stdout sink sends no HTTP requests")),
+                "missing {want} in {e}"
+            );
+        }
+        assert!(parse("sinks:\n  out:\n    type: stdout\n    batch: {timeout: 1s}\n").is_ok());
     }
 
     #[test]
