@@ -1208,24 +1208,51 @@ fn sinks_doc() -> String {
         .expect("docs/sinks.md")
 }
 
-#[test]
-fn every_example_in_the_sinks_doc_is_a_valid_config() {
-    let doc = sinks_doc();
-    let mut examples = 0;
-    let mut rest = doc.as_str();
+/// The section `## <name>` of docs/sinks.md, up to the next one.
+fn section<'a>(doc: &'a str, name: &str) -> &'a str {
+    let section = doc
+        .split(&format!("\n## {name}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/sinks.md has no section {name}"));
+    section.split("\n## ").next().unwrap_or(section)
+}
+
+/// The ```yaml blocks of a text.
+fn yaml_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
     while let Some(start) = rest.find("```yaml\n") {
         let body = &rest[start + 8..];
         let end = body.find("```").expect("closed code block");
-        let config = Config::parse_str(&body[..end], Path::new("docs/sinks.md"))
-            .unwrap_or_else(|e| panic!("example {}: {e}", examples + 1));
-        assert!(!config.sinks.is_empty());
-        examples += 1;
+        blocks.push(&body[..end]);
         rest = &body[end..];
     }
-    assert!(
-        examples >= 4,
-        "one example per sink at least, found {examples}"
-    );
+    blocks
+}
+
+#[test]
+fn every_sink_type_has_a_section_with_a_valid_example_of_its_own() {
+    let doc = sinks_doc();
+    for kind in [
+        "loki",
+        "elasticsearch",
+        "otlp",
+        "splunk_hec",
+        "http",
+        "stdout",
+    ] {
+        let examples = yaml_blocks(section(&doc, kind));
+        assert!(!examples.is_empty(), "## {kind} has no example");
+        for (i, text) in examples.iter().enumerate() {
+            let config = Config::parse_str(text, Path::new("docs/sinks.md"))
+                .unwrap_or_else(|e| panic!("## {kind}, example {}: {e}", i + 1));
+            assert!(
+                config.sinks.values().any(|s| s.kind.as_str() == kind),
+                "## {kind}, example {}: no {kind} sink",
+                i + 1
+            );
+        }
+    }
 }
 
 #[test]
@@ -1245,16 +1272,67 @@ fn every_backend_option_is_documented_with_its_default() {
         ),
     ];
     for (sink, value) in options {
-        let section = doc
-            .split(&format!("\n## {sink}\n"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no section for {sink}"));
-        let section = section.split("\n## ").next().unwrap_or(section);
+        let section = section(&doc, sink);
         let value = value.expect("options serialize");
         for key in value.as_object().expect("an object").keys() {
             assert!(
                 section.contains(&format!("| `{key}` |")),
                 "{sink}.{key} is not in the options table of docs/sinks.md"
+            );
+        }
+    }
+}
+
+/// Every leaf key of a sink's serialized config, dotted: `batch.max_records`, `auth.bearer.token`.
+fn sink_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    for (k, child) in v.as_object().expect("an object") {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match child {
+            serde_json::Value::Object(m) if !m.is_empty() && k != "headers" => {
+                sink_keys(child, &key, out)
+            }
+            _ => out.push(key),
+        }
+    }
+}
+
+#[test]
+fn the_http_and_stdout_sections_document_every_option_they_take() {
+    let doc = sinks_doc();
+    let mut keys = Vec::new();
+    for auth in ["{basic: {user: u, password: p}}", "{bearer: {token: t}}"] {
+        let cfg = sink(
+            "http://127.0.0.1:1/",
+            &format!("    type: http\n    auth: {auth}\n    headers: {{X-A: b}}\n"),
+        );
+        sink_keys(&serde_json::to_value(&cfg).unwrap(), "", &mut keys);
+    }
+    // The other types' blocks, and what a stdout sink does not take (refused by the config).
+    let others = ["loki", "elasticsearch", "otlp", "splunk_hec"];
+    let not_stdout = ["url", "tls.", "auth.", "headers"];
+    keys.retain(|k| k != "type" && !others.contains(&k.as_str()));
+    keys.sort();
+    keys.dedup();
+    assert!(keys.len() > 15, "{keys:?}");
+    for (kind, keys) in [
+        ("http", keys.clone()),
+        (
+            "stdout",
+            keys.iter()
+                .filter(|k| !not_stdout.iter().any(|n| k.starts_with(n)))
+                .cloned()
+                .collect(),
+        ),
+    ] {
+        let section = section(&doc, kind);
+        for key in keys {
+            assert!(
+                section.contains(&format!("| `{key}` |")),
+                "`{key}` is not in the options table of ## {kind} in docs/sinks.md"
             );
         }
     }
