@@ -9,9 +9,9 @@
 //! only choose among what the config allows: a route by name, a tenant from `allowed_tenants`,
 //! an index matching `allowed_indices` (a source `allowed_sources`, a sourcetype
 //! `allowed_sourcetypes`), all rendered for the Pod's own namespace, so no namespace can write
-//! into another's tenant or index. A bad value is reported once (a log line naming the namespace, Pod
-//! and annotation, and `loglet_annotation_errors_total`) and the Pod falls back to what it would
-//! have without it.
+//! into another's tenant or index. A bad value is reported once (a log line naming the
+//! namespace, Pod and annotation, and `loglet_annotation_errors_total`) and the Pod falls back to
+//! what it would have without it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
