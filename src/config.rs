@@ -67,6 +67,20 @@ pub struct RouteConfig {
     /// (`logs-{namespace}-*`).
     #[serde(default)]
     pub allowed_indices: Vec<String>,
+    /// The Splunk HEC `source`, a template without dates; default: the sink's
+    /// `splunk_hec.source`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The sources `loglet.io/source` may choose, written as `allowed_indices` are.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
+    /// The Splunk HEC `sourcetype`, a template without dates; default: the sink's
+    /// `splunk_hec.sourcetype`.
+    #[serde(default)]
+    pub sourcetype: Option<String>,
+    /// The sourcetypes `loglet.io/sourcetype` may choose, written as `allowed_indices` are.
+    #[serde(default)]
+    pub allowed_sourcetypes: Vec<String>,
     /// Labels added to every record of the route: Loki stream labels, and a `labels` object in
     /// JSON events.
     #[serde(default)]
@@ -325,8 +339,10 @@ pub struct SinkConfig {
     /// The endpoint (for `http`, the full URL; for the others, the base URL of the backend).
     #[serde(default)]
     pub url: Option<String>,
+    /// Unset: the format's own choice (gzip for OTLP, as the Collector's exporter; snappy for
+    /// Loki's protobuf; none for the others).
     #[serde(default)]
-    pub compression: Compression,
+    pub compression: Option<Compression>,
     #[serde(default)]
     pub batch: SinkBatchConfig,
     #[serde(default)]
@@ -357,7 +373,7 @@ impl SinkConfig {
         SinkConfig {
             kind: SinkType::Stdout,
             url: None,
-            compression: Compression::None,
+            compression: None,
             batch: SinkBatchConfig::default(),
             request: RequestConfig::default(),
             tls: TlsConfig::default(),
@@ -823,6 +839,23 @@ impl SinkConfig {
                 if self.url.is_some() {
                     p.push(format!("{key}.url: a stdout sink has no url"));
                 }
+                // Set, they would be ignored: a stdout sink sends no HTTP request.
+                let tls = &self.tls;
+                let with_tls = tls.ca_file.is_some()
+                    || tls.cert_file.is_some()
+                    || tls.key_file.is_some()
+                    || tls.insecure_skip_verify;
+                for (set, what) in [
+                    (with_tls, "tls"),
+                    (self.auth.is_some(), "auth"),
+                    (!self.headers.is_empty(), "headers"),
+                ] {
+                    if set {
+                        p.push(format!(
+                            "{key}.{what}: a stdout sink sends no HTTP requests"
+                        ));
+                    }
+                }
             }
             _ => match self.url.as_deref().map(reqwest::Url::parse) {
                 None => p.push(format!(
@@ -955,6 +988,22 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want} in {e}");
         }
+    }
+
+    #[test]
+    fn http_options_on_a_stdout_sink_are_refused_not_ignored() {
+        let e = parse(
+            "sinks:\n  out:\n    type: stdout\n    tls: {insecure_skip_verify: true}\n    auth: {bearer: {token: t}}\n    headers: {X-A: b}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in ["sinks.out.tls", "sinks.out.auth", "sinks.out.headers"] {
+            assert!(
+                e.contains(&format!("{want}: a stdout sink sends no HTTP requests")),
+                "missing {want} in {e}"
+            );
+        }
+        assert!(parse("sinks:\n  out:\n    type: stdout\n    batch: {timeout: 1s}\n").is_ok());
     }
 
     #[test]
@@ -1182,7 +1231,7 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
         }
     }
     let compression_ok: &[Compression] = match kind {
-        // Loki always snappy-decodes protobuf; `none` means the format's default.
+        // Loki always snappy-decodes protobuf: `none` is taken to mean its default, snappy.
         SinkType::Loki
             if sink
                 .loki
@@ -1199,7 +1248,9 @@ fn backend_problems(sink: &SinkConfig, key: &str, p: &mut Vec<String>) {
         }
         SinkType::Stdout => &[Compression::None],
     };
-    if !compression_ok.contains(&sink.compression) {
+    if let Some(c) = sink.compression
+        && !compression_ok.contains(&c)
+    {
         let names: Vec<&str> = compression_ok
             .iter()
             .map(|c| match c {

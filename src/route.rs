@@ -1,16 +1,17 @@
 //! route: where a container's lines go and what is done to them on the way, decided once per
 //! container (and again when its Pod's or Namespace's annotations change), never per line.
 //!
-//! The operator names routes in the config; each sends to some sinks, with a Loki tenant and an
-//! Elasticsearch/HEC index (templates over the Pod's metadata), and the tenants and indices a
-//! namespace may choose. Teams steer their own logs with `loglet.io/` annotations on their
-//! Namespace or Pod (docs/annotations.md is the contract): a Pod's annotation overrides its
-//! Namespace's, which overrides the route's config. An annotation can only choose among what the
-//! config allows: a route by name, a tenant from `allowed_tenants`, an index matching
-//! `allowed_indices`, both rendered for the Pod's own namespace, so no namespace can write into
-//! another's tenant or index. A bad value is reported once (a log line naming the namespace, Pod
-//! and annotation, and `loglet_annotation_errors_total`) and the Pod falls back to what it would
-//! have without it.
+//! The operator names routes in the config; each sends to some sinks, with a Loki tenant, an
+//! Elasticsearch/HEC index and a HEC source and sourcetype (templates over the Pod's metadata),
+//! and the values of each a namespace may choose. Teams steer their own logs with `loglet.io/`
+//! annotations on their Namespace or Pod (docs/annotations.md is the contract): a Pod's
+//! annotation overrides its Namespace's, which overrides the route's config. An annotation can
+//! only choose among what the config allows: a route by name, a tenant from `allowed_tenants`,
+//! an index matching `allowed_indices` (a source `allowed_sources`, a sourcetype
+//! `allowed_sourcetypes`), all rendered for the Pod's own namespace, so no namespace can write
+//! into another's tenant or index. A bad value is reported once (a log line naming the
+//! namespace, Pod and annotation, and `loglet_annotation_errors_total`) and the Pod falls back to
+//! what it would have without it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,10 @@ pub mod annotation {
     pub const ROUTE: &str = "loglet.io/route";
     pub const TENANT: &str = "loglet.io/tenant";
     pub const INDEX: &str = "loglet.io/index";
+    /// Splunk HEC's `source`.
+    pub const SOURCE: &str = "loglet.io/source";
+    /// Splunk HEC's `sourcetype`.
+    pub const SOURCETYPE: &str = "loglet.io/sourcetype";
     pub const EXCLUDE: &str = "loglet.io/exclude";
     pub const EXCLUDE_CONTAINERS: &str = "loglet.io/exclude-containers";
     pub const RATE_LIMIT_LINES: &str = "loglet.io/rate-limit-lines";
@@ -167,6 +172,19 @@ pub struct Target {
     pub tenant: Option<Arc<str>>,
     /// The Elasticsearch / HEC index template (its date is rendered per record).
     pub index: Option<Arc<Template>>,
+    /// The Splunk HEC `source` and `sourcetype` templates.
+    pub source: Option<Arc<Template>>,
+    pub sourcetype: Option<Arc<Template>>,
+}
+
+impl Target {
+    /// Whether the route sets anything beyond the sink's own config.
+    fn sets_anything(&self) -> bool {
+        self.tenant.is_some()
+            || self.index.is_some()
+            || self.source.is_some()
+            || self.sourcetype.is_some()
+    }
 }
 
 /// A per-namespace token bucket's rates.
@@ -261,6 +279,10 @@ struct Route {
     allowed_tenants: Vec<Template>,
     index: Option<Arc<Template>>,
     allowed_indices: Vec<Template>,
+    source: Option<Arc<Template>>,
+    allowed_sources: Vec<Template>,
+    sourcetype: Option<Arc<Template>>,
+    allowed_sourcetypes: Vec<Template>,
     /// A Splunk HEC sink is on the route: its index takes no date.
     dateless_index: bool,
     multiline: Option<Arc<Rule>>,
@@ -355,6 +377,14 @@ impl Routes {
             }
         });
 
+        // Whether every chosen route allows the name `v` among its `allowed` patterns.
+        let allows = |v: &str, allowed: fn(&Route) -> &[Template]| {
+            chosen.iter().all(|&r| {
+                allowed(&self.routes[r])
+                    .iter()
+                    .any(|p| matches_pattern(&self.render(p, source), v))
+            })
+        };
         let index = ctx.pick(annotation::INDEX, |v| {
             if v.is_empty() || v.contains(['{', '}']) {
                 return Err("must be a non-empty index name (dates such as %Y.%m.%d are allowed, {fields} are not)".into());
@@ -363,13 +393,7 @@ impl Routes {
             if template.has_date() && chosen.iter().any(|&r| self.routes[r].dateless_index) {
                 return Err("has a date, which a Splunk HEC index on this route cannot take".into());
             }
-            let allowed = chosen.iter().all(|&r| {
-                self.routes[r]
-                    .allowed_indices
-                    .iter()
-                    .any(|p| matches_pattern(&self.render(p, source), v))
-            });
-            if allowed {
+            if allows(v, |r| &r.allowed_indices) {
                 Ok(Arc::new(template))
             } else {
                 Err(format!(
@@ -377,6 +401,28 @@ impl Routes {
                     self.names(&chosen)
                 ))
             }
+        });
+        // Splunk HEC's source and sourcetype: plain names, as the route allows them.
+        let hec_name = |key: &str, what: &str, allowed: fn(&Route) -> &[Template]| {
+            ctx.pick(key, |v| {
+                if v.is_empty() || v.contains(['{', '}', '%']) {
+                    return Err(format!(
+                        "must be a non-empty {what} ({{fields}} and %dates are not allowed)"
+                    ));
+                }
+                if allows(v, allowed) {
+                    Ok(Arc::new(Template::parse(v)?))
+                } else {
+                    Err(format!(
+                        "does not match the {what}s the route {} allows for this namespace",
+                        self.names(&chosen)
+                    ))
+                }
+            })
+        };
+        let hec_source = hec_name(annotation::SOURCE, "source", |r| &r.allowed_sources);
+        let hec_sourcetype = hec_name(annotation::SOURCETYPE, "sourcetype", |r| {
+            &r.allowed_sourcetypes
         });
 
         let mut sinks: SinkMask = 0;
@@ -398,8 +444,10 @@ impl Routes {
                             .map(|t| Arc::from(self.render(t, source)))
                     }),
                     index: index.clone().or_else(|| route.index.clone()),
+                    source: hec_source.clone().or_else(|| route.source.clone()),
+                    sourcetype: hec_sourcetype.clone().or_else(|| route.sourcetype.clone()),
                 };
-                if target.tenant.is_some() || target.index.is_some() {
+                if target.sets_anything() {
                     targets.push(target);
                 }
             }
@@ -723,6 +771,10 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
                 allowed_tenants: Vec::new(),
                 index: None,
                 allowed_indices: Vec::new(),
+                source: None,
+                allowed_sources: Vec::new(),
+                sourcetype: None,
+                allowed_sourcetypes: Vec::new(),
                 labels: BTreeMap::new(),
                 parser: None,
                 multiline: None,
@@ -735,25 +787,37 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
     let mut out = Vec::new();
     for (name, rc) in routes {
         let key = format!("routes.{name}");
-        let mut template = |what: &str, s: &str| match Template::parse(s) {
+        // `dates: false` for Splunk HEC's source and sourcetype, which take none (and a pattern
+        // with one would never match a name an annotation may give).
+        let mut template = |what: &str, s: &str, dates: bool| match Template::parse(s) {
+            Ok(t) if !dates && t.has_date() => {
+                p.push(format!(
+                    "{key}.{what}: `{s}`: Splunk HEC's source and sourcetype take no date"
+                ));
+                None
+            }
             Ok(t) => Some(t),
             Err(e) => {
                 p.push(format!("{key}.{what}: `{s}`: {e}"));
                 None
             }
         };
-        let tenant = rc.tenant.as_deref().and_then(|t| template("tenant", t));
-        let index = rc.index.as_deref().and_then(|t| template("index", t));
-        let allowed_tenants = rc
-            .allowed_tenants
-            .iter()
-            .filter_map(|t| template("allowed_tenants", t))
-            .collect();
-        let allowed_indices = rc
-            .allowed_indices
-            .iter()
-            .filter_map(|t| template("allowed_indices", t))
-            .collect();
+        let mut templates = |what: &str, list: &[String], dates: bool| -> Vec<Template> {
+            list.iter()
+                .filter_map(|t| template(what, t, dates))
+                .collect()
+        };
+        let allowed_tenants = templates("allowed_tenants", &rc.allowed_tenants, true);
+        let allowed_indices = templates("allowed_indices", &rc.allowed_indices, true);
+        let allowed_sources = templates("allowed_sources", &rc.allowed_sources, false);
+        let allowed_sourcetypes = templates("allowed_sourcetypes", &rc.allowed_sourcetypes, false);
+        let mut one = |what: &str, s: &Option<String>, dates: bool| {
+            s.as_deref().and_then(|t| template(what, t, dates))
+        };
+        let tenant = one("tenant", &rc.tenant, true);
+        let index = one("index", &rc.index, true);
+        let source = one("source", &rc.source, false);
+        let sourcetype = one("sourcetype", &rc.sourcetype, false);
         if rc.sinks.is_empty() {
             p.push(format!("{key}.sinks: a route needs at least one sink"));
         }
@@ -817,6 +881,10 @@ fn parse(config: &Config) -> (Vec<Route>, Vec<String>) {
             allowed_tenants,
             index: index.map(Arc::new),
             allowed_indices,
+            source: source.map(Arc::new),
+            allowed_sources,
+            sourcetype: sourcetype.map(Arc::new),
+            allowed_sourcetypes,
         });
     }
     let r = &config.routing;
@@ -992,6 +1060,84 @@ routing:
     }
 
     #[test]
+    fn hec_source_and_sourcetype_are_set_per_route_and_confined_to_what_it_allows() {
+        let (r, m) = routes(
+            "
+sinks:
+  hec: {type: splunk_hec, url: 'http://127.0.0.1:1', splunk_hec: {token: t}}
+routes:
+  default: {sinks: [hec]}
+  teams:
+    sinks: [hec]
+    index: 'k8s-{namespace}'
+    source: 'k8s:{namespace}:{container}'
+    sourcetype: 'kube:{namespace}'
+    allowed_sources: ['k8s:{namespace}:*']
+    allowed_sourcetypes: ['{namespace}:json', 'kube:{namespace}*']
+",
+        );
+        let s = source(&[], &[]);
+        let hec = |pod: &[(&str, &str)]| {
+            let d = r.decide(&source(pod, &[("loglet.io/route", "teams")]));
+            let t = d
+                .target(0)
+                .expect("the route sets the sink's metadata")
+                .clone();
+            let show = |t: &Option<Arc<Template>>| t.as_ref().map(|t| t.to_string_for(&s, None, 0));
+            (show(&t.index), show(&t.source), show(&t.sourcetype))
+        };
+        let (k8s_shop, route_source, route_sourcetype) = (
+            Some("k8s-shop".to_string()),
+            Some("k8s:shop:app".to_string()),
+            Some("kube:shop".to_string()),
+        );
+        assert_eq!(
+            hec(&[]),
+            (
+                k8s_shop.clone(),
+                route_source.clone(),
+                route_sourcetype.clone()
+            )
+        );
+        assert_eq!(
+            hec(&[
+                ("loglet.io/source", "k8s:shop:audit"),
+                ("loglet.io/sourcetype", "shop:json"),
+            ]),
+            (
+                k8s_shop.clone(),
+                Some("k8s:shop:audit".into()),
+                Some("shop:json".into())
+            )
+        );
+        // Another namespace's names, fields, dates: refused, counted, the route's own used.
+        for (source_v, sourcetype_v) in [
+            ("k8s:pay:audit", "pay:json"),
+            ("k8s:shop:{pod}", "kube:shop-%Y"),
+            ("", "kube:{namespace_label:team}"),
+        ] {
+            assert_eq!(
+                hec(&[
+                    ("loglet.io/source", source_v),
+                    ("loglet.io/sourcetype", sourcetype_v),
+                ]),
+                (
+                    k8s_shop.clone(),
+                    route_source.clone(),
+                    route_sourcetype.clone()
+                ),
+                "{source_v} {sourcetype_v}"
+            );
+        }
+        assert_eq!(errors(&m, "loglet.io/source"), 3);
+        assert_eq!(errors(&m, "loglet.io/sourcetype"), 3);
+        // The default route allows no choice: the sink's own source and sourcetype stay.
+        let d = r.decide(&source(&[("loglet.io/sourcetype", "shop:json")], &[]));
+        assert!(d.target(0).is_none(), "{:?}", d.targets);
+        assert_eq!(errors(&m, "loglet.io/sourcetype"), 4);
+    }
+
+    #[test]
     fn an_unknown_route_takes_the_catch_all_and_a_bad_pod_value_falls_back() {
         let (r, m) = routes(&format!("{TWO_ROUTES}  unknown_route: teams\n"));
         let d = r.decide(&source(&[], &[("loglet.io/route", "nope")]));
@@ -1101,6 +1247,7 @@ routes:
   r1: {sinks: [a, b], index: 'x-{nope}'}
   r2: {sinks: []}
   r3: {sinks: [h], index: 'logs-%Y', labels: {'9x': a}}
+  r5: {sinks: [h], source: 'k8s-%Y', sourcetype: 'x-{nope}', allowed_sourcetypes: ['k-%d']}
 routing: {default_route: r4, namespace_rate_limit: {lines_per_second: 0}}
 ";
         let err = Config::parse_str(text, std::path::Path::new("t.yaml"))
@@ -1113,6 +1260,9 @@ routing: {default_route: r4, namespace_rate_limit: {lines_per_second: 0}}
             "routing.default_route: `r4` is not a route",
             "routes.r3.index: a Splunk HEC sink is on this route",
             "routes.r3.labels: `9x` is not a label name",
+            "routes.r5.source: `k8s-%Y`: Splunk HEC's source and sourcetype take no date",
+            "routes.r5.sourcetype: `x-{nope}`",
+            "routes.r5.allowed_sourcetypes: `k-%d`: Splunk HEC's source and sourcetype take no date",
             "routing.namespace_rate_limit.lines_per_second: must be above 0",
         ] {
             assert!(err.contains(want), "{want} missing from {err}");

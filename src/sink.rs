@@ -94,10 +94,11 @@ pub fn start(
     let mut headers = HeaderMap::new();
     format.headers(&mut headers);
     let transport = Transport::new(cfg, headers, format.path())?;
-    // `none` leaves the choice to the format (Loki's protobuf is always snappy).
-    let compression = match cfg.compression {
-        Compression::None => format.default_compression(),
-        chosen => chosen,
+    let compression = match (cfg.compression, format.default_compression()) {
+        // Loki decodes a protobuf push as snappy whatever it is told: it is always snappy.
+        (_, Compression::Snappy) => Compression::Snappy,
+        (Some(chosen), _) => chosen,
+        (None, default) => default,
     };
     let (tx, rx) = mpsc::channel(queue_batches);
     let shared = Arc::new(Shared {
@@ -326,6 +327,7 @@ async fn deliver_group(shared: &Shared, mut todo: Vec<&Record>, tenant: Option<&
             Outcome::Partial {
                 retry,
                 rejected,
+                after,
                 reason,
             } => {
                 m.sink_requests.with_label_values(&[sink, "partial"]).inc();
@@ -345,8 +347,8 @@ async fn deliver_group(shared: &Shared, mut todo: Vec<&Record>, tenant: Option<&
                     .collect();
                 if !todo.is_empty() {
                     m.sink_retries.with_label_values(&[sink]).inc();
-                    tokio::time::sleep(shared.backoff(attempt, None)).await;
-                    attempt += 1;
+                    tokio::time::sleep(shared.backoff(attempt, after)).await;
+                    attempt = attempt.saturating_add(1);
                 }
             }
             Outcome::Retry { after, reason } => {

@@ -174,6 +174,55 @@ fn every_config_key_is_in_the_configuration_reference() {
     );
 }
 
+#[test]
+fn the_compression_table_lists_what_each_sink_type_accepts() {
+    let docs = read("docs/configuration.md");
+    let table = docs
+        .split("| sink type | compression accepted | unset |")
+        .nth(1)
+        .expect("docs/configuration.md: the compression table");
+    let mut types = BTreeSet::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (kind, accepted) = (cells[1], cells[2]);
+        let sink_type = kind.split('`').nth(1).expect("a sink type in backquotes");
+        let mut yaml = format!("sinks:\n  s:\n    type: {sink_type}\n");
+        if sink_type != "stdout" {
+            yaml.push_str("    url: http://127.0.0.1:1/\n");
+        }
+        if sink_type == "splunk_hec" {
+            yaml.push_str("    splunk_hec: {token: t}\n");
+        }
+        if let Some(encoding) = kind.split("encoding: ").nth(1) {
+            let encoding = encoding.trim_end_matches(['`', ')']);
+            yaml.push_str(&format!("    loki: {{encoding: {encoding}}}\n"));
+        }
+        let parses = |yaml: &str| Config::parse_str(yaml, Path::new("test")).is_ok();
+        assert!(parses(&yaml), "{kind} without compression: {yaml}");
+        let works: Vec<&str> = ["none", "gzip", "zstd", "snappy"]
+            .into_iter()
+            .filter(|c| parses(&format!("{yaml}    compression: {c}\n")))
+            .collect();
+        let listed: Vec<&str> = accepted.split(", ").map(|c| c.trim_matches('`')).collect();
+        assert_eq!(
+            listed, works,
+            "docs/configuration.md: the compression of {kind}"
+        );
+        types.insert(sink_type.to_string());
+    }
+    let every: BTreeSet<String> = [
+        "stdout",
+        "http",
+        "loki",
+        "elasticsearch",
+        "otlp",
+        "splunk_hec",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(types, every, "a sink type without a row");
+}
+
 /// Runs the real binary's `loglet check-config` on a file; its stderr when it fails.
 fn check_config(file: &Path) -> Result<(), String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loglet"))

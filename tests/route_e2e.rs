@@ -239,6 +239,99 @@ fn namespaces_and_pods_choose_routes_tenants_and_indices_and_changes_apply_at_ru
 }
 
 #[test]
+fn splunk_hec_index_source_and_sourcetype_follow_the_route_and_what_it_allows() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let hec = rt.block_on(Backend::start(Kind::SplunkHec));
+    let api = FakeApi::start_background();
+    api.apply_namespace(&namespace_with_annotations(
+        namespace("shop", &[]),
+        &[("loglet.io/route", "splunk")],
+    ));
+    api.apply_namespace(&namespace("pay", &[]));
+    api.apply_pod(&pod("shop", "web-1", "uid-web", NODE));
+    // shop/audit: its own source and sourcetype, among those the route allows.
+    api.apply_pod(&with_annotations(
+        pod("shop", "audit-1", "uid-audit", NODE),
+        &[
+            ("loglet.io/source", "shop:audit-trail"),
+            ("loglet.io/sourcetype", "shop:audit"),
+        ],
+    ));
+    // pay/api: the default route allows no sourcetype of its choosing.
+    api.apply_pod(&with_annotations(
+        pod("pay", "api-1", "uid-api", NODE),
+        &[("loglet.io/sourcetype", "pay:json")],
+    ));
+    let node = Node::new();
+    let work = node.root().join("work");
+    node.container("shop", "web-1", "uid-web", "app")
+        .line("stdout", b"web 1");
+    node.container("shop", "audit-1", "uid-audit", "app")
+        .line("stdout", b"audit 1");
+    node.container("pay", "api-1", "uid-api", "app")
+        .line("stdout", b"pay 1");
+    let sinks = format!(
+        "  hec:\n    type: splunk_hec\n    url: {}\n    splunk_hec: {{token: test-token}}\n",
+        hec.url
+    );
+    let routes = "routes:
+  default: {sinks: [hec]}
+  splunk:
+    sinks: [hec]
+    index: 'k8s-{namespace}'
+    source: 'k8s:{namespace}/{pod}'
+    sourcetype: 'kube:{namespace}'
+    allowed_sources: ['{namespace}:*']
+    allowed_sourcetypes: ['{namespace}:*']
+";
+    let l = start(&node, &work, &api, routes, &sinks);
+    assert!(
+        rt.block_on(hec.wait_until(Duration::from_secs(30), |r| r.hec.len() >= 3)),
+        "{:?}",
+        hec.received().hec
+    );
+    let events = hec.received().hec;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let by = |line: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == line)
+            .unwrap_or_else(|| panic!("no event {line}: {events:?}"))
+    };
+    let (web, audit, pay) = (by("web 1"), by("audit 1"), by("pay 1"));
+    assert_eq!(
+        (&web["index"], &web["source"], &web["sourcetype"]),
+        (
+            &"k8s-shop".into(),
+            &"k8s:shop/web-1".into(),
+            &"kube:shop".into()
+        )
+    );
+    assert_eq!(
+        (&audit["index"], &audit["source"], &audit["sourcetype"]),
+        (
+            &"k8s-shop".into(),
+            &"shop:audit-trail".into(),
+            &"shop:audit".into()
+        )
+    );
+    // The sink's own: no index (the token's default), the file, Splunk's usual sourcetype.
+    assert!(pay.get("index").is_none(), "{pay}");
+    assert!(
+        pay["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("pay_api-1_uid-api/app/0.log")),
+        "{pay}"
+    );
+    assert_eq!(pay["sourcetype"], "kube:container:app");
+    assert_eq!(
+        l.metric("loglet_annotation_errors_total{annotation=\"loglet.io/sourcetype\"}"),
+        1.0
+    );
+    assert_eq!(l.stop(), 0);
+}
+
+#[test]
 fn a_rate_limited_namespace_drops_and_counts_while_its_neighbour_is_untouched() {
     let api = FakeApi::start_background();
     api.apply_namespace(&namespace_with_annotations(

@@ -2,6 +2,9 @@
 //! the sink machinery does, POSTed over HTTP to a fake that decodes the real wire format; the
 //! fake's answer is then read by the format. Checks every stored field, and the retry/drop
 //! decisions for the failures the real backends produce.
+//!
+//! Then whole sinks, started from their config as loglet's pipeline starts them
+//! (`loglet::sink::start`): their own transport (TLS, auth), batching, retries and waits.
 
 #[path = "common/backends.rs"]
 mod backends;
@@ -11,18 +14,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Answer, Backend, Kind, TestPki};
+use backends::{Answer, Backend, Kind, RetryAfter, TestPki};
 use bytes::Bytes;
 use loglet::config::{Compression, Config, SinkConfig};
 use loglet::metrics::Metrics;
-use loglet::record::{ContainerMeta, PodMeta, Record, Source, Stream, flags};
+use loglet::record::{Batch, ContainerMeta, PodMeta, Record, Source, Stream, flags};
+use loglet::route::Routes;
 use loglet::sink::format::{Format, Outcome};
-use loglet::sink::{elasticsearch, loki, otlp, splunk_hec};
+use loglet::sink::transport::TransportError;
+use loglet::sink::{StartError, elasticsearch, loki, otlp, splunk_hec};
+use loglet::tail::checkpoint::Checkpoints;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 const T0: i64 = 1_714_568_400_123_456_789; // 2024-05-01T13:00:00.123456789Z
 
 fn web_source(pod: &str, uid: &str) -> Arc<Source> {
+    annotated_web_source(pod, uid, &[], &[])
+}
+
+/// A Pod of the `web` Deployment whose Pod and Namespace carry these `loglet.io/` annotations.
+fn annotated_web_source(
+    pod: &str,
+    uid: &str,
+    pod_annotations: &[(&str, &str)],
+    namespace_annotations: &[(&str, &str)],
+) -> Arc<Source> {
+    let pairs = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     let meta = PodMeta {
         namespace: "shop".into(),
         name: pod.into(),
@@ -36,12 +57,13 @@ fn web_source(pod: &str, uid: &str) -> Arc<Source> {
         namespace_labels: vec![],
         owner: Some(("ReplicaSet".into(), "web-5d8f".into())),
         workload: Some(("Deployment".into(), "web".into())),
+        loglet_annotations: pairs(pod_annotations),
+        namespace_loglet_annotations: pairs(namespace_annotations),
         containers: vec![ContainerMeta {
             name: "nginx".into(),
             image: Some("nginx:1.27".into()),
             container_id: Some(format!("id-{uid}")),
         }],
-        ..PodMeta::default()
     };
     Arc::new(Source {
         id: Source::next_id(),
@@ -127,18 +149,6 @@ async fn send(
     compression: Compression,
 ) -> Outcome {
     let client = CLIENT.with(Clone::clone);
-    send_with(&client, base, format, records, compression)
-        .await
-        .expect("the fake backend answers")
-}
-
-async fn send_with(
-    client: &reqwest::Client,
-    base: &str,
-    format: &dyn Format,
-    records: &[&Record],
-    compression: Compression,
-) -> Result<Outcome, reqwest::Error> {
     let mut body = Vec::new();
     format.encoder().encode(records, &mut body);
     let mut headers = HeaderMap::new();
@@ -165,11 +175,17 @@ async fn send_with(
         }
     };
     let url = format!("{base}{}", format.path().unwrap_or(""));
-    let resp = client.post(url).headers(headers).body(body).send().await?;
+    let resp = client
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("the fake backend answers");
     let status = resp.status();
     let h = resp.headers().clone();
-    let b = resp.bytes().await?;
-    Ok(format.outcome(status, &h, &b, records.len()))
+    let b = resp.bytes().await.expect("the fake backend's body");
+    format.outcome(status, &h, &b, records.len())
 }
 
 fn refs(records: &[Record]) -> Vec<&Record> {
@@ -320,7 +336,7 @@ async fn loki_refusing_old_entries_drops_only_those() {
     let recs = records();
     let out = send(&backend.url, &f, &refs(&recs), Compression::Snappy).await;
     assert!(
-        matches!(&out, Outcome::Partial { retry, rejected: 2, reason } if retry.is_empty() && reason.contains("too far behind")),
+        matches!(&out, Outcome::Partial { retry, rejected: 2, reason, .. } if retry.is_empty() && reason.contains("too far behind")),
         "{out:?}"
     );
     assert_eq!(backend.received().loki.len(), 3);
@@ -395,6 +411,7 @@ async fn elasticsearch_retries_only_refused_items_and_drops_mapping_errors() {
         retry,
         rejected,
         reason,
+        ..
     } = out
     else {
         panic!("{out:?}")
@@ -553,6 +570,7 @@ async fn otlp_partial_success_is_final_and_counted() {
             Outcome::Partial {
                 retry: vec![],
                 rejected: 2,
+                after: None,
                 reason: "otlp partial success, 2 rejected: timestamp too old".into()
             },
             "{options}"
@@ -670,89 +688,516 @@ async fn hec_codes_decide_retry_or_drop() {
     assert_eq!(backend.received().hec.len(), 5);
 }
 
-// ---- TLS ----
+// ---- Whole sinks ----
 
-fn tls_client(ca: Option<&str>, identity: Option<&TestPki>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .tls_built_in_root_certs(false);
-    if let Some(ca) = ca {
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"));
+/// A sink started from its config as loglet's pipeline starts it (`sink::start`: its format, its
+/// transport with TLS and auth, batching, retries and metrics), fed batches whose
+/// acknowledgements a checkpoint store keeps.
+struct Running {
+    sink: loglet::sink::Sink,
+    metrics: Arc<Metrics>,
+    checkpoints: Arc<Checkpoints>,
+    _state: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(cfg: &SinkConfig) -> Result<Running, StartError> {
+        let metrics = Metrics::new();
+        let state = tempfile::tempdir().expect("temp dir");
+        let (checkpoints, _) =
+            Checkpoints::open(state.path(), metrics.clone()).expect("checkpoint store");
+        let sink = loglet::sink::start("out", 0, cfg, Some("self-node"), 2, metrics.clone())?;
+        Ok(Running {
+            sink,
+            metrics,
+            checkpoints,
+            _state: state,
+        })
     }
-    if let Some(pki) = identity {
-        let pem = format!("{}{}", pki.client_cert_pem, pki.client_key_pem);
-        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+
+    async fn send(&self, records: Vec<Record>) {
+        let ack = self.checkpoints.register(Vec::new(), records.len(), 1);
+        self.sink
+            .queue
+            .send(Arc::new(Batch { records, ack }))
+            .await
+            .expect("the sink runs");
     }
-    b.build().expect("client")
+
+    /// Every batch sent was acknowledged: delivered, or dropped for good.
+    fn all_acked(&self) -> bool {
+        self.checkpoints.pending_batches() == 0
+    }
+
+    /// Attempts that failed without an answer (`loglet_sink_errors_total` of the transport's
+    /// labels).
+    fn failed_attempts(&self) -> u64 {
+        ["connect", "request", "timeout"]
+            .iter()
+            .map(|l| {
+                self.metrics
+                    .sink_errors
+                    .with_label_values(&["out", l])
+                    .get()
+            })
+            .sum()
+    }
+
+    fn requests(&self, result: &str) -> u64 {
+        self.metrics
+            .sink_requests
+            .with_label_values(&["out", result])
+            .get()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.sink.task.abort();
+    }
+}
+
+/// Polls `done` every 10 ms for at most `within`; whether it came true.
+async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..within.as_millis() / 10 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Options that make a sink send at once and retry fast unless the backend asks for a wait: a
+/// test of `Retry-After` fails when the wait is not honoured.
+const QUICK: &str = "    batch: {timeout: 10ms}\n    request: {retry_initial_backoff: 10ms, retry_max_backoff: 20ms}\n";
+
+// ---- Compression ----
+
+#[tokio::test]
+async fn compression_is_the_formats_own_unless_the_config_chooses() {
+    let cases = [
+        // OTLP gzips by default, as the Collector's exporter does, and `none` turns it off.
+        (Kind::Otlp, "otlp", "", Some("gzip")),
+        (Kind::Otlp, "otlp", "none", None),
+        (Kind::Otlp, "otlp", "zstd", Some("zstd")),
+        (Kind::Elasticsearch, "elasticsearch", "", None),
+        (Kind::Elasticsearch, "elasticsearch", "gzip", Some("gzip")),
+        (Kind::Http, "http", "zstd", Some("zstd")),
+        // Loki's protobuf is snappy whatever is said (without Content-Encoding, as Loki expects);
+        // the fake refuses a push that is not.
+        (Kind::Loki, "loki", "none", None),
+    ];
+    for (kind, sink_type, compression, want) in cases {
+        let backend = Backend::start(kind).await;
+        let mut options = format!("    type: {sink_type}\n{QUICK}");
+        if !compression.is_empty() {
+            options.push_str(&format!("    compression: {compression}\n"));
+        }
+        let s = Running::start(&sink(&backend.url, &options)).unwrap();
+        s.send(records()).await;
+        let case = format!("{sink_type} {compression:?}");
+        assert!(eventually(WITHIN, || s.all_acked()).await, "{case}");
+        let got = backend.received();
+        assert_eq!(got.stored(), 5, "{case}");
+        assert_eq!(got.requests[0].content_encoding.as_deref(), want, "{case}");
+    }
+}
+
+// ---- Retry-After ----
+
+#[tokio::test]
+async fn a_retry_after_in_seconds_holds_the_retry_back_that_long() {
+    let backend = Backend::start(Kind::Loki).await;
+    backend.script([Answer::too_many(Some(2))]);
+    let s = Running::start(&sink(&backend.url, &format!("    type: loki\n{QUICK}"))).unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let statuses: Vec<u16> = got.requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 204]);
+    let waited = got.requests[1].arrived - got.requests[0].arrived;
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_eq!(got.loki.len(), 5);
 }
 
 #[tokio::test]
-async fn tls_backends_are_trusted_through_the_test_ca_only() {
-    let pki = TestPki::new();
-    let backend = Backend::start_tls(Kind::Loki, &pki, false).await;
-    assert!(backend.url.starts_with("https://127.0.0.1:"));
-    let m = Metrics::new();
-    let f = loki_format(&backend.url, "{}", &m);
-    let recs = records();
-    let trusted = tls_client(Some(&pki.ca_pem), None);
-    let out = send_with(
-        &trusted,
+async fn a_retry_after_date_holds_the_retry_back_until_that_date() {
+    let backend = Backend::start(Kind::Otlp).await;
+    let date = std::time::SystemTime::now() + Duration::from_secs(3);
+    // What the header carries: the date to the second.
+    let sent = httpdate::parse_http_date(&httpdate::fmt_http_date(date)).unwrap();
+    backend.script([Answer::unavailable().retry_after(RetryAfter::Date(date))]);
+    let s = Running::start(&sink(&backend.url, &format!("    type: otlp\n{QUICK}"))).unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let statuses: Vec<u16> = got.requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 200]);
+    let retried = got.requests[1].arrived_wall;
+    assert!(
+        retried >= sent,
+        "retried {:?} before the date asked",
+        sent.duration_since(retried).unwrap_or_default()
+    );
+    assert_eq!(got.otlp.len(), 5);
+}
+
+#[tokio::test]
+async fn elasticsearch_items_refused_with_a_retry_after_are_retried_no_sooner() {
+    let backend = Backend::start(Kind::Elasticsearch).await;
+    backend.script([
+        Answer::BulkItems(vec![(1, 429, "es_rejected_execution_exception".into())])
+            .retry_after(RetryAfter::Seconds(2)),
+    ]);
+    let s = Running::start(&sink(
         &backend.url,
-        &f,
-        &refs(&recs),
-        Compression::Snappy,
-    )
+        &format!("    type: elasticsearch\n{QUICK}"),
+    ))
+    .unwrap();
+    s.send(records()).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    assert_eq!(got.requests.len(), 2);
+    assert_eq!(s.requests("partial"), 1);
+    let waited = got.requests[1].arrived - got.requests[0].arrived;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "items retried after {waited:?}"
+    );
+    let mut messages: Vec<&str> = got
+        .es
+        .iter()
+        .map(|d| d.doc["message"].as_str().unwrap_or_default())
+        .collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        [
+            "GET /cart \"200\"",
+            "cut here",
+            "etcd: compacted",
+            "tab\there é",
+            "warn: slow"
+        ],
+        "each stored once"
+    );
+}
+
+// ---- Routes ----
+
+/// `source` with its routing decided by `routes`, as the tailer hands it on.
+fn routed(mut source: Arc<Source>, routes: &Routes) -> Arc<Source> {
+    let decision = routes.decide(&source);
+    Arc::get_mut(&mut source).expect("not shared yet").routing = Arc::new(decision);
+    source
+}
+
+#[tokio::test]
+async fn hec_events_take_the_index_source_and_sourcetype_of_their_route() {
+    let backend = Backend::start(Kind::SplunkHec).await;
+    let text = format!(
+        "sinks:
+  out:
+    type: splunk_hec
+    url: {}
+    splunk_hec: {{token: test-token, index: main}}
+{QUICK}routes:
+  default: {{sinks: [out]}}
+  teams:
+    sinks: [out]
+    index: 'k8s-{{namespace}}'
+    source: 'k8s:{{namespace}}/{{pod}}'
+    sourcetype: 'kube:{{app}}'
+    allowed_sourcetypes: ['{{namespace}}:*']
+",
+        backend.url
+    );
+    let config = Config::parse_str(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let routes = Routes::new(&config, None, Metrics::new());
+    let teams = [("loglet.io/route", "teams")];
+    let chosen = routed(
+        annotated_web_source(
+            "web-1",
+            "uid-1",
+            &[("loglet.io/sourcetype", "shop:access")],
+            &teams,
+        ),
+        &routes,
+    );
+    let plain = routed(annotated_web_source("web-2", "uid-2", &[], &teams), &routes);
+    // Another namespace's sourcetype: refused, the route's own used.
+    let refused = routed(
+        annotated_web_source(
+            "web-3",
+            "uid-3",
+            &[("loglet.io/sourcetype", "pay:access")],
+            &teams,
+        ),
+        &routes,
+    );
+    let default = routed(bare_source(), &routes);
+    let s = Running::start(&config.sinks["out"]).unwrap();
+    s.send(vec![
+        rec(&chosen, "one", T0, Stream::Stdout),
+        rec(&plain, "two", T0, Stream::Stdout),
+        rec(&refused, "three", T0, Stream::Stdout),
+        rec(&default, "four", T0, Stream::Stdout),
+    ])
     .await;
-    assert_eq!(out.expect("TLS with the test CA"), Outcome::Delivered);
-    let untrusted = tls_client(None, None);
-    let err = send_with(
-        &untrusted,
-        &backend.url,
-        &f,
-        &refs(&recs),
-        Compression::Snappy,
-    )
-    .await
-    .expect_err("an unknown CA");
-    assert!(err.is_connect(), "{err:?}");
-    assert_eq!(backend.received().loki.len(), 5);
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let meta: Vec<(&str, &str, &str, &str)> = got
+        .hec
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap_or_default();
+            (f("event"), f("index"), f("source"), f("sourcetype"))
+        })
+        .collect();
+    assert_eq!(
+        meta,
+        [
+            ("one", "k8s-shop", "k8s:shop/web-1", "shop:access"),
+            ("two", "k8s-shop", "k8s:shop/web-2", "kube:web"),
+            ("three", "k8s-shop", "k8s:shop/web-3", "kube:web"),
+            (
+                "four",
+                "main",
+                "/var/log/pods/kube-system_etcd-n1_hash/etcd/0.log",
+                "kube:container:etcd"
+            ),
+        ]
+    );
 }
 
-#[tokio::test]
-async fn mutual_tls_backends_demand_a_client_certificate() {
+// ---- TLS, through the sink's own transport ----
+
+/// The test PKI's files, as a sink's `tls:` block names them.
+struct PkiFiles {
+    pki: TestPki,
+    ca: String,
+    cert: String,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+fn pki_files() -> PkiFiles {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let [ca, cert, key] = pki.write(dir.path());
+    let [ca, cert, key] = pki.write(dir.path()).map(|p| p.display().to_string());
+    PkiFiles {
+        pki,
+        ca,
+        cert,
+        key,
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn tls_backends_are_trusted_through_the_configured_ca_file() {
+    let f = pki_files();
+    let backend = Backend::start_tls(Kind::Loki, &f.pki, false).await;
+    assert!(backend.url.starts_with("https://127.0.0.1:"));
+    let loki = |tls: &str| {
+        sink(
+            &backend.url,
+            &format!("    type: loki\n{QUICK}    tls: {tls}\n"),
+        )
+    };
+
+    let trusted = Running::start(&loki(&format!("{{ca_file: {}}}", f.ca))).unwrap();
+    trusted.send(records()).await;
+    assert!(eventually(WITHIN, || trusted.all_acked()).await);
+    assert_eq!(backend.received().loki.len(), 5);
+    assert_eq!(trusted.failed_attempts(), 0);
+    drop(trusted);
+
+    // The system's roots alone do not know the test CA: refused, counted, retried, nothing
+    // delivered.
+    let untrusted = Running::start(&loki("{}")).unwrap();
+    untrusted.send(records()).await;
+    assert!(eventually(WITHIN, || untrusted.failed_attempts() >= 2).await);
     assert!(
-        std::fs::read_to_string(&ca)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE")
+        untrusted
+            .metrics
+            .sink_errors
+            .with_label_values(&["out", "connect"])
+            .get()
+            >= 2,
+        "a failed handshake is a connection error"
     );
-    assert!(
-        std::fs::read_to_string(&cert)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE")
+    assert!(!untrusted.all_acked());
+    assert_eq!(untrusted.requests("delivered"), 0);
+    drop(untrusted);
+    // The server counts a failed handshake in its own task, maybe after the client gave up.
+    assert!(backend.wait_until(WITHIN, |r| r.tls_failures >= 2).await);
+    assert_eq!(backend.received().loki.len(), 5, "nothing more stored");
+
+    // Verification off: delivered without the CA.
+    let insecure = Running::start(&loki("{insecure_skip_verify: true}")).unwrap();
+    insecure.send(records()).await;
+    assert!(eventually(WITHIN, || insecure.all_acked()).await);
+    assert_eq!(backend.received().loki.len(), 10);
+}
+
+#[tokio::test]
+async fn mutual_tls_backends_take_the_configured_client_certificate() {
+    let f = pki_files();
+    let backend = Backend::start_tls(Kind::SplunkHec, &f.pki, true).await;
+    let hec = |tls: &str| {
+        sink(
+            &backend.url,
+            &format!(
+                "    type: splunk_hec\n    splunk_hec: {{token: test-token}}\n{QUICK}    tls: {tls}\n"
+            ),
+        )
+    };
+
+    let without = Running::start(&hec(&format!("{{ca_file: {}}}", f.ca))).unwrap();
+    without.send(records()).await;
+    assert!(eventually(WITHIN, || without.failed_attempts() >= 2).await);
+    assert!(!without.all_acked());
+    drop(without);
+    assert!(backend.wait_until(WITHIN, |r| r.tls_failures >= 1).await);
+    assert!(backend.received().hec.is_empty());
+
+    let with = Running::start(&hec(&format!(
+        "{{ca_file: {}, cert_file: {}, key_file: {}}}",
+        f.ca, f.cert, f.key
+    )))
+    .unwrap();
+    with.send(records()).await;
+    assert!(eventually(WITHIN, || with.all_acked()).await);
+    assert_eq!(backend.received().hec.len(), 5);
+    assert_eq!(with.requests("delivered"), 1);
+}
+
+#[tokio::test]
+async fn unusable_tls_files_stop_the_sink_at_start_naming_the_file() {
+    let f = pki_files();
+    let write = |name: &str, text: &str| {
+        let p = f.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let not_pem = write("not-pem.pem", "this is no certificate\n");
+    let bad_base64 = write(
+        "bad-base64.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
     );
-    assert!(
-        std::fs::read_to_string(&key)
-            .unwrap()
-            .contains("PRIVATE KEY")
+    let bad_der = write(
+        "bad-der.pem",
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
     );
-    let backend = Backend::start_tls(Kind::SplunkHec, &pki, true).await;
-    let f = hec_format(&backend.url, "{token: test-token}");
-    let recs = records();
-    let without = tls_client(Some(&pki.ca_pem), None);
-    assert!(
-        send_with(&without, &backend.url, &f, &refs(&recs), Compression::None)
-            .await
-            .is_err()
+    let other_key = write(
+        "other-key.pem",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
     );
-    let with = tls_client(Some(&pki.ca_pem), Some(&pki));
-    let out = send_with(&with, &backend.url, &f, &refs(&recs), Compression::None).await;
-    assert_eq!(out.expect("mutual TLS"), Outcome::Delivered);
+    let cases = [
+        (
+            format!("{{ca_file: {not_pem}}}"),
+            &not_pem,
+            "no certificate found",
+        ),
+        (format!("{{ca_file: {bad_base64}}}"), &bad_base64, ""),
+        (format!("{{ca_file: {bad_der}}}"), &bad_der, "certificate 1"),
+        (
+            format!("{{cert_file: {bad_der}, key_file: {}}}", f.key),
+            &bad_der,
+            "certificate 1",
+        ),
+        (
+            format!("{{cert_file: {}, key_file: {}}}", f.cert, f.ca),
+            &f.ca,
+            "",
+        ),
+        (
+            format!("{{cert_file: {}, key_file: {other_key}}}", f.cert),
+            &other_key,
+            "is it the key of",
+        ),
+    ];
+    for (tls, file, detail) in &cases {
+        let cfg = sink(
+            "https://127.0.0.1:1",
+            &format!("    type: loki\n    tls: {tls}\n"),
+        );
+        match Running::start(&cfg) {
+            Err(StartError::Transport(e @ TransportError::BadPem { .. })) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(file.as_str()) && text.contains(detail),
+                    "{tls}: {text}"
+                );
+            }
+            Err(e) => panic!("{tls}: not a PEM error: {e}"),
+            Ok(_) => panic!("{tls}: the sink started"),
+        }
+    }
+    let missing = f.dir.path().join("missing.pem");
+    let cfg = sink(
+        "https://127.0.0.1:1",
+        &format!(
+            "    type: loki\n    tls: {{ca_file: {}}}\n",
+            missing.display()
+        ),
+    );
+    assert!(matches!(
+        Running::start(&cfg),
+        Err(StartError::Transport(TransportError::ReadFile { .. }))
+    ));
+}
+
+// ---- Auth ----
+
+#[tokio::test]
+async fn a_changed_bearer_token_file_is_sent_from_the_next_request_on() {
+    let backend = Backend::start(Kind::Http).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let cfg = sink(
+        &format!("{}/ingest", backend.url),
+        &format!(
+            "    type: http\n{QUICK}    auth: {{bearer: {{token_file: {}}}}}\n",
+            token.display()
+        ),
+    );
+    let s = Running::start(&cfg).unwrap();
+    let mut first = records();
+    let second = first.split_off(2);
+    s.send(first).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+
+    // A projected token is replaced in place; make sure its modification time moves even on a
+    // filesystem with coarse timestamps.
+    std::fs::write(&token, "second-token\n").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&token)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    s.send(second).await;
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+
     let got = backend.received();
-    assert_eq!(got.hec.len(), 5);
-    assert!(got.tls_failures >= 1);
+    let auth: Vec<Option<&str>> = got
+        .requests
+        .iter()
+        .map(|r| r.authorization.as_deref())
+        .collect();
+    assert_eq!(
+        auth,
+        [Some("Bearer first-token"), Some("Bearer second-token")]
+    );
+    assert!(got.requests.iter().all(|r| r.path == "/ingest"));
+    assert_eq!(got.http.len(), 5);
 }
 
 // ---- docs/sinks.md ----
@@ -762,24 +1207,51 @@ fn sinks_doc() -> String {
         .expect("docs/sinks.md")
 }
 
-#[test]
-fn every_example_in_the_sinks_doc_is_a_valid_config() {
-    let doc = sinks_doc();
-    let mut examples = 0;
-    let mut rest = doc.as_str();
+/// The section `## <name>` of docs/sinks.md, up to the next one.
+fn section<'a>(doc: &'a str, name: &str) -> &'a str {
+    let section = doc
+        .split(&format!("\n## {name}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/sinks.md has no section {name}"));
+    section.split("\n## ").next().unwrap_or(section)
+}
+
+/// The ```yaml blocks of a text.
+fn yaml_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
     while let Some(start) = rest.find("```yaml\n") {
         let body = &rest[start + 8..];
         let end = body.find("```").expect("closed code block");
-        let config = Config::parse_str(&body[..end], Path::new("docs/sinks.md"))
-            .unwrap_or_else(|e| panic!("example {}: {e}", examples + 1));
-        assert!(!config.sinks.is_empty());
-        examples += 1;
+        blocks.push(&body[..end]);
         rest = &body[end..];
     }
-    assert!(
-        examples >= 4,
-        "one example per sink at least, found {examples}"
-    );
+    blocks
+}
+
+#[test]
+fn every_sink_type_has_a_section_with_a_valid_example_of_its_own() {
+    let doc = sinks_doc();
+    for kind in [
+        "loki",
+        "elasticsearch",
+        "otlp",
+        "splunk_hec",
+        "http",
+        "stdout",
+    ] {
+        let examples = yaml_blocks(section(&doc, kind));
+        assert!(!examples.is_empty(), "## {kind} has no example");
+        for (i, text) in examples.iter().enumerate() {
+            let config = Config::parse_str(text, Path::new("docs/sinks.md"))
+                .unwrap_or_else(|e| panic!("## {kind}, example {}: {e}", i + 1));
+            assert!(
+                config.sinks.values().any(|s| s.kind.as_str() == kind),
+                "## {kind}, example {}: no {kind} sink",
+                i + 1
+            );
+        }
+    }
 }
 
 #[test]
@@ -799,16 +1271,67 @@ fn every_backend_option_is_documented_with_its_default() {
         ),
     ];
     for (sink, value) in options {
-        let section = doc
-            .split(&format!("\n## {sink}\n"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no section for {sink}"));
-        let section = section.split("\n## ").next().unwrap_or(section);
+        let section = section(&doc, sink);
         let value = value.expect("options serialize");
         for key in value.as_object().expect("an object").keys() {
             assert!(
                 section.contains(&format!("| `{key}` |")),
                 "{sink}.{key} is not in the options table of docs/sinks.md"
+            );
+        }
+    }
+}
+
+/// Every leaf key of a sink's serialized config, dotted: `batch.max_records`, `auth.bearer.token`.
+fn sink_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    for (k, child) in v.as_object().expect("an object") {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match child {
+            serde_json::Value::Object(m) if !m.is_empty() && k != "headers" => {
+                sink_keys(child, &key, out)
+            }
+            _ => out.push(key),
+        }
+    }
+}
+
+#[test]
+fn the_http_and_stdout_sections_document_every_option_they_take() {
+    let doc = sinks_doc();
+    let mut keys = Vec::new();
+    for auth in ["{basic: {user: u, password: p}}", "{bearer: {token: t}}"] {
+        let cfg = sink(
+            "http://127.0.0.1:1/",
+            &format!("    type: http\n    auth: {auth}\n    headers: {{X-A: b}}\n"),
+        );
+        sink_keys(&serde_json::to_value(&cfg).unwrap(), "", &mut keys);
+    }
+    // The other types' blocks, and what a stdout sink does not take (refused by the config).
+    let others = ["loki", "elasticsearch", "otlp", "splunk_hec"];
+    let not_stdout = ["url", "tls.", "auth.", "headers"];
+    keys.retain(|k| k != "type" && !others.contains(&k.as_str()));
+    keys.sort();
+    keys.dedup();
+    assert!(keys.len() > 15, "{keys:?}");
+    for (kind, keys) in [
+        ("http", keys.clone()),
+        (
+            "stdout",
+            keys.iter()
+                .filter(|k| !not_stdout.iter().any(|n| k.starts_with(n)))
+                .cloned()
+                .collect(),
+        ),
+    ] {
+        let section = section(&doc, kind);
+        for key in keys {
+            assert!(
+                section.contains(&format!("| `{key}` |")),
+                "`{key}` is not in the options table of ## {kind} in docs/sinks.md"
             );
         }
     }

@@ -275,6 +275,7 @@ fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8], records: usize)
     Outcome::Partial {
         retry,
         rejected,
+        after: retry_after(headers),
         reason,
     }
 }
@@ -579,6 +580,8 @@ mod tests {
             Outcome::Partial {
                 retry: vec![1, 3],
                 rejected: 1,
+                // The items to retry wait for the answer's Retry-After too.
+                after: Some(Duration::from_secs(4)),
                 reason: "1 documents rejected, e.g. 400 mapper_parsing_exception: failed to parse field [kubernetes.labels.app] of type [text]; 2 documents to retry, e.g. 429 es_rejected_execution_exception: rejected execution of coordinating operation".into(),
             }
         );

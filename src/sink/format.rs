@@ -1,7 +1,7 @@
 //! sink: what each backend's wire format must provide; the shared machinery in `sink.rs` batches,
 //! compresses, sends, retries and acknowledges for all of them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -76,15 +76,29 @@ pub enum Outcome {
     Partial {
         retry: Vec<usize>,
         rejected: usize,
+        /// The answer's `Retry-After`, if it gave one: the retry of `retry` waits for it too.
+        after: Option<Duration>,
         reason: String,
     },
 }
 
-/// Reads a `Retry-After` header given in seconds (the HTTP-date form is rare from log backends
-/// and is treated as absent).
+/// Reads a `Retry-After` header (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date, which
+/// counts from now. An unreadable value is treated as absent.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    parse_retry_after(v, SystemTime::now())
+}
+
+/// A `Retry-After` value as a wait from `now`: `120`, or a date in any of the three forms
+/// HTTP recipients must accept (`Sun, 06 Nov 1994 08:49:37 GMT`, the obsolete RFC 850 and
+/// asctime forms). A date already past means no wait; a number too large for a `u64` the longest.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(v).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The usual reading of an HTTP status, for formats with nothing more to say: 2xx delivered;
@@ -118,4 +132,70 @@ pub fn body_sample(body: &[u8]) -> String {
         s.push('…');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example.
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let before = date - Duration::from_secs(90);
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("120", Some(Duration::from_secs(120))),
+            (" 7 ", Some(Duration::from_secs(7))),
+            ("0", Some(Duration::ZERO)),
+            (
+                "99999999999999999999999",
+                Some(Duration::from_secs(u64::MAX)),
+            ),
+            (
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                Some(Duration::from_secs(90)),
+            ),
+            (
+                "Sunday, 06-Nov-94 08:49:37 GMT",
+                Some(Duration::from_secs(90)),
+            ),
+            ("Sun Nov  6 08:49:37 1994", Some(Duration::from_secs(90))),
+            ("", None),
+            ("soon", None),
+            ("-5", None),
+            ("+5", None),
+            ("1.5", None),
+            ("Sun, 06 Nov 1994 25:49:37 GMT", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_retry_after(value, before), *want, "{value:?}");
+        }
+        assert_eq!(
+            parse_retry_after(
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                date + Duration::from_secs(5)
+            ),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+    }
+
+    #[test]
+    fn retry_after_headers_in_either_form_are_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
+        let wait = retry_after(&h).expect("a date an hour ahead");
+        // The date has whole seconds, and the clock moves on before it is read back.
+        assert!(
+            wait > Duration::from_secs(60) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+    }
 }

@@ -220,6 +220,7 @@ fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8], records: usize)
             return Outcome::Partial {
                 retry: Vec::new(),
                 rejected: ignored.min(records),
+                after: None,
                 reason,
             };
         }
@@ -995,6 +996,7 @@ mod tests {
                 Outcome::Partial {
                     retry: vec![],
                     rejected: 2,
+                    after: None,
                     reason: "loki answered 400 Bad Request: entry with timestamp 2024-05-01 ignored, reason: 'entry too far behind, oldest acceptable timestamp is: 2024-05-01T12:00:00Z', user 'fake', total ignored: 2 out of 5 for stream: {namespace=\"shop\"}".into(),
                 },
             ),

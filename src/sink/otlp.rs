@@ -114,6 +114,7 @@ fn outcome(
                 retry: Vec::new(),
                 // A server cannot reject more than it was sent.
                 rejected: usize::try_from(rejected).unwrap_or(usize::MAX).min(records),
+                after: None,
                 reason: format!("otlp partial success, {rejected} rejected: {message}"),
             },
             _ => Outcome::Delivered,
@@ -858,6 +859,7 @@ mod tests {
         let partial_out = Outcome::Partial {
             retry: vec![],
             rejected: 3,
+            after: None,
             reason: "otlp partial success, 3 rejected: too old".into(),
         };
         let cases: Vec<(u16, &HeaderMap, &[u8], bool, Outcome)> = vec![

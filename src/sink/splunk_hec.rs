@@ -33,7 +33,8 @@ struct Settings {
     /// The name of the `stream` indexed field, if one is configured.
     stream_field: Option<String>,
     node: Option<String>,
-    /// This sink's place in the config, to find its route's index in a record's routing.
+    /// This sink's place in the config, to find its route's index, source and sourcetype in a
+    /// record's routing.
     sink: usize,
 }
 
@@ -122,7 +123,8 @@ impl SplunkHecFormat {
 }
 
 impl SplunkHecFormat {
-    /// The format as sink number `sink` of the config, whose routes may set the index.
+    /// The format as sink number `sink` of the config, whose routes may set the index, source
+    /// and sourcetype.
     pub fn for_sink(mut self, sink: usize) -> Self {
         if let Some(s) = Arc::get_mut(&mut self.settings) {
             s.sink = sink;
@@ -256,14 +258,19 @@ fn source_entry(settings: &Settings, source: &Source) -> SourceEntry {
             write_str(out, scratch.as_bytes());
         }
     };
+    // The route's settings win over the sink's.
+    let routed = source.routing.target(settings.sink);
+    let source_t = routed.and_then(|t| t.source.as_deref());
+    let sourcetype = routed.and_then(|t| t.sourcetype.as_deref());
+    let index = routed.and_then(|t| t.index.as_deref());
     member(&mut tail, "host", &settings.host);
-    member(&mut tail, "source", &settings.source);
-    member(&mut tail, "sourcetype", &settings.sourcetype);
-    let routed = source
-        .routing
-        .target(settings.sink)
-        .and_then(|t| t.index.as_deref());
-    if let Some(index) = routed.or(settings.index.as_ref()) {
+    member(&mut tail, "source", source_t.unwrap_or(&settings.source));
+    member(
+        &mut tail,
+        "sourcetype",
+        sourcetype.unwrap_or(&settings.sourcetype),
+    );
+    if let Some(index) = index.or(settings.index.as_ref()) {
         member(&mut tail, "index", index);
     }
     let mut has_members = false;

@@ -3,13 +3,16 @@
 //! compression) or loglet's own stdout.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 use crate::config::{AuthConfig, Compression, SinkConfig, TlsConfig};
 use crate::pool::BufferPool;
@@ -172,6 +175,55 @@ fn read_pem(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, TransportErro
     })
 }
 
+/// The certificates of the PEM text `pem`, read from `path`, each checked as rustls will take
+/// it: text that is not PEM, holds no certificate or a certificate that does not parse fails
+/// here, at start, naming the file, rather than as an opaque error of the client builder.
+fn certificates(
+    pem: &[u8],
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let bad = |message: String| TransportError::BadPem {
+        what,
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate found".into()));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(c.clone())
+            .map_err(|e| bad(format!("certificate {}: {e}", i + 1)))?;
+    }
+    Ok(certs)
+}
+
+/// The client certificate chain and its key, checked to parse and to belong together.
+fn identity(cert: &PathBuf, key: &PathBuf) -> Result<reqwest::Identity, TransportError> {
+    let mut pem = read_pem(cert, "client certificate")?;
+    let chain = certificates(&pem, cert, "client certificate")?;
+    let key_pem = read_pem(key, "client key")?;
+    let bad_key = |message: String| TransportError::BadPem {
+        what: "client key",
+        path: key.clone(),
+        message,
+    };
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad_key(e.to_string()))?;
+    CertifiedKey::from_der(chain, der, &rustls::crypto::ring::default_provider())
+        .map_err(|e| bad_key(format!("{e} (is it the key of {}?)", cert.display())))?;
+    pem.push(b'\n');
+    pem.extend(key_pem);
+    reqwest::Identity::from_pem(&pem).map_err(|e| TransportError::BadPem {
+        what: "client certificate or key",
+        path: cert.clone(),
+        message: format!("{e:#}"),
+    })
+}
+
 fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, TransportError> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
@@ -181,33 +233,14 @@ fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, Transpo
         .user_agent(concat!("loglet/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &tls.ca_file {
         let pem = read_pem(ca, "CA file")?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TransportError::BadPem {
-                what: "CA certificates",
-                path: ca.clone(),
-                message: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(TransportError::BadPem {
-                what: "CA certificates",
-                path: ca.clone(),
-                message: "no certificate found".into(),
-            });
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
+        for c in certificates(&pem, ca, "CA certificates")? {
+            let cert = reqwest::Certificate::from_der(&c)
+                .map_err(|e| TransportError::Client(format!("{e:#}")))?;
+            b = b.add_root_certificate(cert);
         }
     }
     if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        let mut pem = read_pem(cert, "client certificate")?;
-        pem.push(b'\n');
-        pem.extend(read_pem(key, "client key")?);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| TransportError::BadPem {
-            what: "client certificate or key",
-            path: cert.clone(),
-            message: e.to_string(),
-        })?;
-        b = b.identity(id);
+        b = b.identity(identity(cert, key)?);
     }
     if tls.insecure_skip_verify {
         tracing::warn!("TLS certificate verification is off for a sink (tls.insecure_skip_verify)");

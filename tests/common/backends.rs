@@ -1,9 +1,11 @@
-//! test harness: fake Loki, Elasticsearch/OpenSearch, OTLP/HTTP and Splunk HEC servers on
-//! 127.0.0.1:0. Each decompresses (gzip, zstd, snappy block) and decodes its backend's real wire
-//! format (Loki's `logproto.PushRequest` or JSON, `_bulk` NDJSON, `ExportLogsServiceRequest` in
-//! protobuf or JSON, HEC concatenated events), records what it stored and with which headers,
-//! and answers like the real one, including the failures a test scripts: 503 for a while, 429
-//! with `Retry-After`, bulk items refused, Loki entries too old, OTLP partial success, HEC codes.
+//! test harness: fake Loki, Elasticsearch/OpenSearch, OTLP/HTTP, Splunk HEC and plain NDJSON
+//! (the `http` sink) servers on 127.0.0.1:0. Each decompresses (gzip, zstd, snappy block) and
+//! decodes its backend's real wire format (Loki's `logproto.PushRequest` or JSON, `_bulk` NDJSON,
+//! `ExportLogsServiceRequest` in protobuf or JSON, HEC concatenated events, one JSON object per
+//! line), records what it stored, with which headers and when each request arrived, and answers
+//! like the real one, including the failures a test scripts: 503 for a while, 429 with
+//! `Retry-After` (seconds or an HTTP-date), bulk items refused, Loki entries too old, OTLP partial
+//! success, HEC codes.
 //!
 //! A backend can serve HTTPS with a certificate from a test CA ([`TestPki`]), and require a
 //! client certificate from it.
@@ -14,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,6 +33,9 @@ pub enum Kind {
     Elasticsearch,
     Otlp,
     SplunkHec,
+    /// NDJSON POSTed to any path, as the `http` sink sends it; 200 when every line is a JSON
+    /// object.
+    Http,
 }
 
 /// How a fake backend answers one request.
@@ -59,6 +64,27 @@ pub enum Answer {
     Slow(Duration),
     /// The connection is closed without an answer, nothing stored (a reset, a crashed proxy).
     Reset,
+    /// The inner answer, with a `Retry-After` header (whatever its status: Elasticsearch's 200
+    /// with refused items may carry one too).
+    RetryAfter(RetryAfter, Box<Answer>),
+}
+
+/// A `Retry-After` value, in either form RFC 9110 allows.
+#[derive(Clone, Copy, Debug)]
+pub enum RetryAfter {
+    /// `Retry-After: 3`
+    Seconds(u64),
+    /// `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT` (whole seconds: the format has no fraction).
+    Date(SystemTime),
+}
+
+impl RetryAfter {
+    fn header_value(self) -> String {
+        match self {
+            RetryAfter::Seconds(s) => s.to_string(),
+            RetryAfter::Date(t) => httpdate::fmt_http_date(t),
+        }
+    }
 }
 
 impl Answer {
@@ -76,6 +102,11 @@ impl Answer {
             retry_after,
             body: "rate limit exceeded".into(),
         }
+    }
+
+    /// This answer with a `Retry-After` header.
+    pub fn retry_after(self, after: RetryAfter) -> Answer {
+        Answer::RetryAfter(after, Box::new(self))
     }
 }
 
@@ -96,6 +127,9 @@ pub struct Seen {
     pub body_bytes: usize,
     /// The status the backend answered.
     pub status: u16,
+    /// When the request's head arrived, on the monotonic clock and on the wall clock.
+    pub arrived: Instant,
+    pub arrived_wall: SystemTime,
 }
 
 /// A stored Loki entry.
@@ -139,6 +173,8 @@ pub struct Received {
     pub otlp: Vec<OtlpRecord>,
     /// Splunk HEC events as sent.
     pub hec: Vec<serde_json::Value>,
+    /// The `http` sink's NDJSON objects.
+    pub http: Vec<serde_json::Value>,
     /// TLS handshakes that failed (an untrusted server certificate, a missing client one).
     pub tls_failures: usize,
 }
@@ -146,7 +182,7 @@ pub struct Received {
 impl Received {
     /// Records stored, whatever the backend.
     pub fn stored(&self) -> usize {
-        self.loki.len() + self.es.len() + self.otlp.len() + self.hec.len()
+        self.loki.len() + self.es.len() + self.otlp.len() + self.hec.len() + self.http.len()
     }
 }
 
@@ -391,7 +427,8 @@ impl Default for TestPki {
 struct Reply {
     status: u16,
     content_type: &'static str,
-    retry_after: Option<u64>,
+    /// The `Retry-After` header's value.
+    retry_after: Option<String>,
     body: Vec<u8>,
 }
 
@@ -417,6 +454,7 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let (arrived, arrived_wall) = (Instant::now(), SystemTime::now());
     let (parts, body) = req.into_parts();
     let raw = body
         .collect()
@@ -435,12 +473,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
         channel: header(h, "x-splunk-request-channel"),
         body_bytes: 0,
         status: 0,
+        arrived,
+        arrived_wall,
     };
     let reply = match decompress(seen.content_encoding.as_deref(), &raw) {
         Err(e) => Reply::text(400, e),
         Ok(body) => {
             seen.body_bytes = body.len();
             let mut answer = lock(&state.script).pop_front().unwrap_or(Answer::Accept);
+            let mut retry_after = None;
+            if let Answer::RetryAfter(after, inner) = answer {
+                retry_after = Some(after.header_value());
+                answer = *inner;
+            }
             match answer {
                 Answer::Reset => return None,
                 Answer::Slow(d) => {
@@ -449,12 +494,17 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
                 }
                 _ => {}
             }
-            match state.kind {
+            let mut reply = match state.kind {
                 Kind::Loki => loki(state, &seen, &body, answer),
                 Kind::Elasticsearch => elasticsearch(state, &seen, &body, answer),
                 Kind::Otlp => otlp(state, &seen, &body, answer),
                 Kind::SplunkHec => splunk_hec(state, &seen, &body, answer),
+                Kind::Http => http(state, &body, answer),
+            };
+            if retry_after.is_some() {
+                reply.retry_after = retry_after;
             }
+            reply
         }
     };
     seen.status = reply.status;
@@ -462,8 +512,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
     let mut b = Response::builder()
         .status(reply.status)
         .header("content-type", reply.content_type);
-    if let Some(s) = reply.retry_after {
-        b = b.header("retry-after", s.to_string());
+    if let Some(v) = reply.retry_after {
+        b = b.header("retry-after", v);
     }
     Some(
         b.body(Full::new(Bytes::from(reply.body)))
@@ -497,7 +547,7 @@ fn scripted_status(answer: &Answer) -> Option<Reply> {
         } => Some(Reply {
             status: *status,
             content_type: "text/plain; charset=utf-8",
-            retry_after: *retry_after,
+            retry_after: retry_after.map(|s| s.to_string()),
             body: body.clone().into_bytes(),
         }),
         _ => None,
@@ -915,7 +965,7 @@ fn otlp(state: &State, seen: &Seen, body: &[u8], answer: Answer) -> Reply {
         return Reply {
             status: *status,
             content_type,
-            retry_after: *retry_after,
+            retry_after: retry_after.map(|s| s.to_string()),
             body: status_body(code, body),
         };
     }
@@ -1027,4 +1077,25 @@ fn splunk_hec(state: &State, seen: &Seen, body: &[u8], answer: Answer) -> Reply 
     }
     lock(&state.received).hec.extend(events);
     hec_reply(0, None)
+}
+
+// ---- http (NDJSON) ----
+
+fn http(state: &State, body: &[u8], answer: Answer) -> Reply {
+    if let Some(r) = scripted_status(&answer) {
+        return r;
+    }
+    let mut objects = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) if v.is_object() => objects.push(v),
+            Ok(_) => return Reply::text(400, format!("line {}: not a JSON object", i + 1)),
+            Err(e) => return Reply::text(400, format!("line {}: {e}", i + 1)),
+        }
+    }
+    lock(&state.received).http.extend(objects);
+    Reply::text(200, "")
 }

@@ -276,6 +276,7 @@ pub fn sink_answer(data: &[u8]) {
             retry,
             rejected,
             reason,
+            ..
         } => {
             let mut seen = vec![false; records];
             for &i in &retry {
