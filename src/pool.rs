@@ -8,14 +8,26 @@
 //! 256 KiB read blocks were tried in a pool too: no measurable change, so they are not.)
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+/// A buffer that stays free through a whole window of this length was not needed in it: a
+/// burst's extra buffers go once it is over, and the pool keeps what steady load uses.
+const TRIM_WINDOW: Duration = Duration::from_secs(10);
+
 /// A bounded stack of free buffers.
 pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Free>,
     keep: usize,
     max_capacity: usize,
+}
+
+struct Free {
+    bufs: Vec<Vec<u8>>,
+    /// The fewest buffers free at any time since `since`.
+    low: usize,
+    since: Instant,
 }
 
 impl BufferPool {
@@ -23,15 +35,39 @@ impl BufferPool {
     /// grown past that (a huge batch, a long line) is freed rather than kept.
     pub fn new(keep: usize, max_capacity: usize) -> Arc<BufferPool> {
         Arc::new(BufferPool {
-            free: Mutex::new(Vec::with_capacity(keep)),
+            free: Mutex::new(Free {
+                bufs: Vec::with_capacity(keep),
+                low: 0,
+                since: Instant::now(),
+            }),
             keep,
             max_capacity,
         })
     }
 
+    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// An empty buffer with room for at least `capacity` bytes.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.take_at(capacity, Instant::now())
+    }
+
+    fn take_at(&self, capacity: usize, now: Instant) -> Vec<u8> {
+        let reused = {
+            let mut f = self.free();
+            if now.saturating_duration_since(f.since) >= TRIM_WINDOW {
+                // The coldest first: the stack's bottom.
+                let unused = f.low.min(f.bufs.len());
+                f.bufs.drain(..unused);
+                f.low = f.bufs.len();
+                f.since = now;
+            }
+            let b = f.bufs.pop();
+            f.low = f.low.min(f.bufs.len());
+            b
+        };
         match reused {
             Some(mut b) => {
                 b.reserve(capacity);
@@ -47,16 +83,16 @@ impl BufferPool {
             return;
         }
         b.clear();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < self.keep {
-            free.push(b);
+        let mut f = self.free();
+        if f.bufs.len() < self.keep {
+            f.bufs.push(b);
         }
     }
 
     /// Frees every buffer the pool holds (an idle sink's bodies: a MiB or more each, of no use
     /// until lines come again). Buffers out in use come back as usual.
     pub fn release_free(&self) {
-        let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|e| e.into_inner()));
+        let free = std::mem::take(&mut self.free().bufs);
         drop(free);
     }
 
@@ -70,7 +106,7 @@ impl BufferPool {
 
     #[cfg(test)]
     fn free_count(&self) -> usize {
-        self.free.lock().unwrap().len()
+        self.free().bufs.len()
     }
 }
 
@@ -122,6 +158,30 @@ mod tests {
         assert_eq!(pool.free_count(), 0);
         drop(out);
         assert_eq!(pool.free_count(), 1, "a buffer in use still comes back");
+    }
+
+    #[test]
+    fn buffers_left_unused_for_a_window_are_freed_down_to_what_is_used() {
+        let pool = BufferPool::new(6, 4 << 20);
+        let t0 = Instant::now();
+        // A burst had five out at once.
+        for _ in 0..5 {
+            pool.give(Vec::with_capacity(1 << 20));
+        }
+        // Then steady load: two out at a time, for two windows.
+        let mut t = t0;
+        while t < t0 + TRIM_WINDOW * 2 + Duration::from_secs(1) {
+            let a = pool.take_at(1 << 20, t);
+            let b = pool.take_at(1 << 20, t);
+            pool.give(a);
+            pool.give(b);
+            t += Duration::from_millis(100);
+        }
+        assert_eq!(
+            pool.free_count(),
+            2,
+            "the two in use are kept, the burst's extra freed"
+        );
     }
 
     #[test]

@@ -1156,12 +1156,14 @@ impl Tailer {
             .filter(|f| lineage(f).is_some_and(|l| oldest.get(&l).is_some_and(|o| *o < age(f))))
             .map(|f| f.key)
             .collect();
-        let full_sinks = self.blocked_sinks();
         let order = self.order.clone();
         for key in order {
             if !self.ready.contains(&key) || blocked.contains(&key) {
                 continue;
             }
+            // Asked for each file: a batch sent in this round may have filled a sink's queue,
+            // and every block read for it from then on would wait in memory.
+            let full_sinks = self.blocked_sinks();
             if full_sinks != 0
                 && self
                     .files
@@ -1838,8 +1840,6 @@ impl Tailer {
         true
     }
 
-    /// Puts a batch on one sink's queue, waiting while it is full. Returns false when loglet is
-    /// stopping or the sink is gone.
     /// Puts a batch in its sink's queue, or, when the queue is full, keeps it until there is
     /// room (reading of that sink's files pauses meanwhile). False when the sink is gone.
     fn hand_over(&mut self, out: &Outputs, sink: usize, batch: Arc<Batch>) -> bool {
