@@ -24,8 +24,9 @@
 //! [--idle-pods 100] [--idle-secs 20] [--queue-batches N] [--sink-max-bytes N]`
 //! (`--mib 0`, `--steady-secs 0` or `--idle-pods 0` skips a scenario). The soak:
 //! `cargo bench --bench pipeline -- --mib 0 --steady-secs 0 --idle-pods 0 --soak-secs 3600
-//! [--soak-rate 2000] [--outage-secs 600] [--rotate-kib 2048]`. Never run in CI; figures go to docs/performance.md
-//! and docs/operations.md.
+//! [--soak-rate 2000] [--outage-secs 600] [--rotate-kib 2048]`. Never run in CI; figures go to
+//! docs/performance.md and docs/operations.md. `LOGLET_BENCH_WRAPPER` runs loglet under a
+//! profiler (see `start_loglet`).
 
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
@@ -354,7 +355,13 @@ fn start_loglet(root: &Path, api: &FakeApi, url: &str, a: &Args) -> (Child, Sock
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_loglet"))
+    // LOGLET_BENCH_WRAPPER="heaptrack -o /tmp/loglet" (or a `perf record` line) profiles the
+    // run; the figures printed are then the wrapper's, not loglet's.
+    let wrapper = std::env::var("LOGLET_BENCH_WRAPPER").unwrap_or_default();
+    let mut argv: Vec<&str> = wrapper.split_whitespace().collect();
+    argv.push(env!("CARGO_BIN_EXE_loglet"));
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -415,9 +422,10 @@ fn clock_ticks() -> f64 {
 }
 
 /// `VmHWM` and `VmRSS` of a live process, MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+/// Fields of `/proc/<pid>/status`, in MiB.
+fn status_mib<const N: usize>(pid: u32, keys: [&str; N]) -> [f64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
+    keys.map(|key| {
         status
             .lines()
             .find(|l| l.starts_with(key))
@@ -425,8 +433,13 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
             / 1024.0
-    };
-    (kb("VmHWM:"), kb("VmRSS:"))
+    })
+}
+
+/// Peak and current RSS.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let [hwm, rss] = status_mib(pid, ["VmHWM:", "VmRSS:"]);
+    (hwm, rss)
 }
 
 fn stop(mut child: Child) {
@@ -562,20 +575,6 @@ fn steady(api: &FakeApi, a: &Args) {
 
 /// `RssAnon` and `RssFile` of a live process, MiB: its own memory, and pages of files it maps
 /// (the binary, shared libraries).
-fn rss_parts_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (kb("RssAnon:"), kb("RssFile:"))
-}
-
 fn idle(api: &FakeApi, a: &Args) {
     let (pods, secs) = (a.idle_pods, a.idle_secs);
     let tmp = tempfile::tempdir().unwrap();
@@ -614,7 +613,7 @@ fn idle(api: &FakeApi, a: &Args) {
     let cpu = cpu_seconds(pid) - cpu0;
     let wall = started.elapsed().as_secs_f64();
     let (hwm, rss) = rss_mib(pid);
-    let (anon, file) = rss_parts_mib(pid);
+    let [anon, file] = status_mib(pid, ["RssAnon:", "RssFile:"]);
     let during_idle = seen.records.load(Ordering::Relaxed) - records0;
     stop(child);
     println!(

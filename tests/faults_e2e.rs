@@ -273,14 +273,21 @@ fn a_log_path_replaced_by_a_fifo_or_a_directory_is_skipped_and_the_rest_arrives(
     assert!(Path::new(&fifo_path).exists());
 }
 
-/// A wrapper that runs loglet in a user namespace of its own (root in it maps to root outside,
+/// Starts loglet in a user namespace of its own (root in it maps to root outside,
 /// so it reads the same files) whose inotify limit `/proc/sys/user/<limit>` is `value`: the
 /// limit is per user namespace, so the test changes nothing outside.
-fn with_inotify_limit(limit: &str, value: u32) -> Vec<String> {
+fn start_with_inotify_limit(node: &Node, es: &Backend, limit: &str, value: u32) -> Loglet {
     let script = format!("echo {value} > /proc/sys/user/{limit} && exec \"$0\" \"$@\"");
-    ["unshare", "--user", "--map-root-user", "sh", "-c", &script]
-        .map(String::from)
-        .to_vec()
+    Loglet::start_under(
+        &["unshare", "--user", "--map-root-user", "sh", "-c", &script],
+        node.root(),
+        &node.root().join("work"),
+        &config(
+            "logs:\n  rescan_interval: 1s\n",
+            &es_sink(es, QUICK_RETRIES),
+        ),
+        &[],
+    )
 }
 
 #[test]
@@ -288,21 +295,9 @@ fn past_the_inotify_watch_limit_it_polls_and_every_line_arrives() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let es = rt.block_on(Backend::start(Kind::Elasticsearch));
     let node = Node::new();
-    let work = node.root().join("work");
     let mut first = node.container("busy", "pod-0", "uid-0", "app");
     first.line("stdout", b"before the limit");
-    let wrapper = with_inotify_limit("max_inotify_watches", 16);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let l = Loglet::start_under(
-        &wrapper,
-        node.root(),
-        &work,
-        &config(
-            "logs:\n  rescan_interval: 1s\n",
-            &es_sink(&es, QUICK_RETRIES),
-        ),
-        &[],
-    );
+    let l = start_with_inotify_limit(&node, &es, "max_inotify_watches", 16);
     wait_for_all(
         &es,
         &["before the limit".to_string()],
@@ -343,21 +338,9 @@ fn without_any_inotify_instance_left_it_polls_from_the_start() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let es = rt.block_on(Backend::start(Kind::Elasticsearch));
     let node = Node::new();
-    let work = node.root().join("work");
     let mut c = node.container("busy", "pod-0", "uid-0", "app");
     c.line("stdout", b"at start");
-    let wrapper = with_inotify_limit("max_inotify_instances", 0);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let l = Loglet::start_under(
-        &wrapper,
-        node.root(),
-        &work,
-        &config(
-            "logs:\n  rescan_interval: 1s\n",
-            &es_sink(&es, QUICK_RETRIES),
-        ),
-        &[],
-    );
+    let l = start_with_inotify_limit(&node, &es, "max_inotify_instances", 0);
     wait_for_all(&es, &["at start".to_string()], Duration::from_secs(30));
     assert_eq!(l.metric("loglet_inotify_fallback"), 1.0);
     let mut late = node.container("busy", "pod-1", "uid-1", "app");

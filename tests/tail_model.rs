@@ -400,7 +400,8 @@ fn run(ops: &[Op]) -> Result<(), String> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        // LOGLET_MODEL_CASES=2000 for a long run.
+        cases: std::env::var("LOGLET_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
         max_shrink_iters: 64,
         failure_persistence: None,
         .. ProptestConfig::default()
