@@ -211,6 +211,29 @@ fn content(seq: u64, t: i64, out: &mut Vec<u8>) {
 }
 
 /// Appends one CRI line (split into `P` chunks past 16 KiB) to `w`; returns the bytes written.
+/// Writes file `f`'s share of a tick's `per_tick` lines (of `files` files) in one write, as a
+/// runtime flushes; returns the bytes written.
+fn write_share(
+    h: &mut File,
+    f: usize,
+    files: usize,
+    per_tick: u64,
+    seq: &mut u64,
+    body: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+) -> u64 {
+    buf.clear();
+    let mine = per_tick / files as u64 + u64::from((f as u64) < per_tick % files as u64);
+    for _ in 0..mine {
+        let t = now_ns();
+        content(*seq, t, body);
+        write_cri(buf, t, body);
+        *seq += 1;
+    }
+    h.write_all(buf).unwrap();
+    buf.len() as u64
+}
+
 fn write_cri(w: &mut impl Write, t: i64, body: &[u8]) -> u64 {
     let ts = node::rfc3339_nano(t);
     let mut written = 0;
@@ -537,15 +560,7 @@ fn steady(api: &FakeApi, a: &Args) {
     for n in 0..secs * 100 {
         // Each file gets its share of the tick's lines in one write, as a runtime flushes.
         for (f, h) in handles.iter_mut().enumerate() {
-            buf.clear();
-            let mine = per_tick / files as u64 + u64::from((f as u64) < per_tick % files as u64);
-            for _ in 0..mine {
-                let t = now_ns();
-                content(seq, t, &mut body);
-                write_cri(&mut buf, t, &body);
-                seq += 1;
-            }
-            h.write_all(&buf).unwrap();
+            write_share(h, f, files, per_tick, &mut seq, &mut body, &mut buf);
         }
         let next = started + tick * (n as u32 + 1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -720,16 +735,7 @@ fn soak(api: &FakeApi, a: &Args) {
         seen.down
             .store(at >= outage_from && at < outage_to, Ordering::Relaxed);
         for (f, (h, size)) in handles.iter_mut().enumerate() {
-            buf.clear();
-            let mine = per_tick / files as u64 + u64::from((f as u64) < per_tick % files as u64);
-            for _ in 0..mine {
-                let t = now_ns();
-                content(seq, t, &mut body);
-                write_cri(&mut buf, t, &body);
-                seq += 1;
-            }
-            h.write_all(&buf).unwrap();
-            *size += buf.len() as u64;
+            *size += write_share(h, f, files, per_tick, &mut seq, &mut body, &mut buf);
             if *size >= rotate_bytes {
                 rotations += 1;
                 *h = kubelet_rotate(&paths[f], rotations);
