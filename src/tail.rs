@@ -834,11 +834,9 @@ impl Tailer {
             // container first): without one, its `.gz` would not be known for its copy.
             if f.fingerprint.is_none() && found.size > 0 {
                 f.fingerprint = match &f.handle {
-                    Some(Handle::Plain(file)) => read_head_file(file),
-                    _ => read_head(&found.path, key),
-                }
-                .as_deref()
-                .and_then(fingerprint);
+                    Some(Handle::Plain(file)) => head_fingerprint(file),
+                    _ => read_head(&found.path, key).as_deref().and_then(fingerprint),
+                };
             }
             f.found.path = found.path;
             f.found.host_path = found.host_path;
@@ -1293,7 +1291,7 @@ impl Tailer {
                     }
                     f.size = size;
                     if f.fingerprint.is_none() {
-                        f.fingerprint = read_head_file(file).as_deref().and_then(fingerprint);
+                        f.fingerprint = head_fingerprint(file);
                     }
                     (size - f.offset).min(chunk as u64) as usize
                 }
@@ -1923,7 +1921,7 @@ impl Tailer {
             {
                 f.size = meta.len();
                 if f.fingerprint.is_none() {
-                    f.fingerprint = read_head_file(file).as_deref().and_then(fingerprint);
+                    f.fingerprint = head_fingerprint(file);
                 }
             }
         }
@@ -2184,6 +2182,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// The fingerprint of an open file, `None` while it is too short to tell.
+fn head_fingerprint(file: &File) -> Option<u64> {
+    read_head_file(file).as_deref().and_then(fingerprint)
 }
 
 fn read_head_file(file: &File) -> Option<Vec<u8>> {

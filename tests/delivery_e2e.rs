@@ -15,15 +15,48 @@ use backends::{Answer, Backend, Kind};
 use loglet::{Loglet, config, wait_until};
 use node::Node;
 
-#[test]
-fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
+/// An Elasticsearch backend down (503) from the first request until `back_up`.
+fn es_down() -> (tokio::runtime::Runtime, Backend) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let es = rt.block_on(Backend::start(Kind::Elasticsearch));
-    // Down from the first request until the test says otherwise.
     es.script(std::iter::repeat_n(Answer::unavailable(), 1_000_000));
+    (rt, es)
+}
+
+/// Starts loglet with the `es` sink (fast retries; `sink` and `request` add lines of YAML to
+/// the sink and to its `request`) and waits until it has retried `retries` times.
+fn start_against_down(
+    node: &Node,
+    es: &Backend,
+    sink: &str,
+    request: &str,
+    retries: f64,
+) -> Loglet {
+    let sinks = format!(
+        "  es:\n    type: elasticsearch\n    url: {}\n{sink}    request:\n{request}      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n",
+        es.url
+    );
+    let l = Loglet::start(node.root(), &node.root().join("work"), &config("", &sinks));
+    wait_until(Duration::from_secs(30), "retries", || {
+        (l.metric("loglet_sink_retries_total{sink=\"es\"}") >= retries).then_some(())
+    });
+    l
+}
+
+/// Brings the backend back and waits until it has stored `n` documents.
+fn back_up(es: &Backend, n: usize, timeout: Duration) -> Vec<backends::EsDoc> {
+    es.clear_script();
+    wait_until(timeout, "every line stored", || {
+        let got = es.received();
+        (got.es.len() >= n).then_some(got.es)
+    })
+}
+
+#[test]
+fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
+    let (_rt, es) = es_down();
 
     let node = Node::new();
-    let work = node.root().join("work");
     let mut web = node.container("shop", "web-0", "uid-web", "nginx");
     let mut api = node.container("pay", "api-0", "uid-api", "api");
     let mut want: Vec<String> = Vec::new();
@@ -36,14 +69,7 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
         }
     };
     write(0, 10_000, &mut want);
-    let sinks = format!(
-        "  es:\n    type: elasticsearch\n    url: {}\n    compression: gzip\n    request:\n      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n",
-        es.url
-    );
-    let l = Loglet::start(node.root(), &work, &config("", &sinks));
-    wait_until(Duration::from_secs(30), "retries", || {
-        (l.metric("loglet_sink_retries_total{sink=\"es\"}") >= 5.0).then_some(())
-    });
+    let l = start_against_down(&node, &es, "    compression: gzip\n", "", 5.0);
     let before = l.memory_kib("VmRSS");
     // 40 MiB more while the backend is down: the files hold it, not loglet's memory.
     write(10_000, 200_000, &mut want);
@@ -62,11 +88,7 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
     assert!(l.metric("loglet_batches_queued") <= 2.0);
     assert_eq!(es.received().es.len(), 0, "nothing is stored while down");
 
-    es.clear_script();
-    let stored = wait_until(Duration::from_secs(120), "every line stored", || {
-        let got = es.received();
-        (got.es.len() >= want.len()).then_some(got.es)
-    });
+    let stored = back_up(&es, want.len(), Duration::from_secs(120));
     let mut times: HashMap<&str, usize> = HashMap::new();
     for d in &stored {
         *times
@@ -91,12 +113,8 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
 /// recognised in its compressed copy all the same.
 #[test]
 fn files_rotated_and_compressed_during_an_outage_arrive_in_order() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let es = rt.block_on(Backend::start(Kind::Elasticsearch));
-    es.script(std::iter::repeat_n(Answer::unavailable(), 1_000_000));
-
+    let (_rt, es) = es_down();
     let node = Node::new();
-    let work = node.root().join("work");
     let mut web = node.container("shop", "web-0", "uid-web", "nginx");
     let mut want: Vec<String> = Vec::new();
     let mut n = 0;
@@ -109,14 +127,8 @@ fn files_rotated_and_compressed_during_an_outage_arrive_in_order() {
         }
     };
     write(&mut web, 3_000, &mut want);
-    let sinks = format!(
-        "  es:\n    type: elasticsearch\n    url: {}\n    request:\n      concurrency: 1\n      retry_initial_backoff: 20ms\n      retry_max_backoff: 200ms\n",
-        es.url
-    );
-    let l = Loglet::start(node.root(), &work, &config("", &sinks));
-    wait_until(Duration::from_secs(30), "retries", || {
-        (l.metric("loglet_sink_retries_total{sink=\"es\"}") >= 3.0).then_some(())
-    });
+    // One request at a time, so that order across the files is kept.
+    let l = start_against_down(&node, &es, "", "      concurrency: 1\n", 3.0);
     // Three generations, each created empty while reading is paused, then filled, rotated and
     // compressed as the kubelet does (the rotated file before the last one goes to `.gz`).
     let mut rotated = Vec::new();
@@ -130,11 +142,7 @@ fn files_rotated_and_compressed_during_an_outage_arrive_in_order() {
         std::thread::sleep(Duration::from_millis(700));
     }
     assert_eq!(es.received().es.len(), 0, "nothing is stored while down");
-    es.clear_script();
-    let stored = wait_until(Duration::from_secs(60), "every line stored", || {
-        let got = es.received();
-        (got.es.len() >= want.len()).then_some(got.es)
-    });
+    let stored = back_up(&es, want.len(), Duration::from_secs(60));
     let got: Vec<&str> = stored
         .iter()
         .map(|d| d.doc["message"].as_str().expect("message"))
