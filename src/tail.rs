@@ -415,8 +415,9 @@ impl Tailer {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 if waiting.is_some() {
                     // The files of a full sink get written to thousands of times a second:
-                    // waking on each notice would spin. Their notices are taken all at once.
-                    std::thread::sleep(wait);
+                    // waking on each notice would spin. Their notices are taken all at once,
+                    // and reading goes on as soon as a full sink takes a batch.
+                    self.wait_for_room(&out, wait);
                 } else if let Ok(n) = self.notices.recv_timeout(wait) {
                     self.on_notice(n);
                 }
@@ -1878,6 +1879,29 @@ impl Tailer {
             }
         }
         true
+    }
+
+    /// Waits at most `wait` for one of the full sinks to take its oldest waiting batch.
+    fn wait_for_room(&mut self, out: &Outputs, wait: Duration) {
+        let room = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(sink, _)| Box::pin(async move { (sink, out.sinks[sink].reserve().await) }))
+            .collect::<Vec<_>>();
+        if room.is_empty() {
+            return;
+        }
+        let room = futures::future::select_all(room);
+        // A closed sink is seen by `offer_waiting` next.
+        if let Ok(((sink, Ok(permit)), _, _)) = out
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, room).await })
+            && let Some(batch) = self.waiting[sink].pop_front()
+        {
+            permit.send(batch);
+        }
     }
 
     /// The sinks (as a routing mask) with batches waiting for room.
