@@ -244,8 +244,8 @@ pub struct Tailer {
     store: PodStore,
     metrics: Arc<Metrics>,
     notifier: Option<Notifier>,
-    notices: Receiver<Notice>,
-    notices_tx: crossbeam_channel::Sender<Notice>,
+    notices: Receiver<Vec<Notice>>,
+    notices_tx: crossbeam_channel::Sender<Vec<Notice>>,
     /// Container directories inotify said changed.
     dirty_dirs: HashSet<PathBuf>,
     /// The files of each directory, for inotify's "modified" (thousands a second on a busy node);
@@ -418,8 +418,8 @@ impl Tailer {
                     // waking on each notice would spin. Their notices are taken all at once,
                     // and reading goes on as soon as a full sink takes a batch.
                     self.wait_for_room(&out, wait);
-                } else if let Ok(n) = self.notices.recv_timeout(wait) {
-                    self.on_notice(n);
+                } else if let Ok(notices) = self.notices.recv_timeout(wait) {
+                    notices.into_iter().for_each(|n| self.on_notice(n));
                 }
             }
         }
@@ -437,8 +437,8 @@ impl Tailer {
     }
 
     fn take_notices(&mut self) {
-        while let Ok(n) = self.notices.try_recv() {
-            self.on_notice(n);
+        while let Ok(notices) = self.notices.try_recv() {
+            notices.into_iter().for_each(|n| self.on_notice(n));
         }
     }
 
