@@ -248,9 +248,8 @@ pub struct Tailer {
     notices_tx: crossbeam_channel::Sender<Vec<Notice>>,
     /// Container directories inotify said changed.
     dirty_dirs: HashSet<PathBuf>,
-    /// The files of each directory, for inotify's "modified" (thousands a second on a busy node);
-    /// rebuilt when files come, go or move (`None`).
-    by_dir: Option<HashMap<PathBuf, Vec<FileKey>>>,
+    /// Lookups over the files; rebuilt when files come, go or move (`None`).
+    index: Option<FileIndex>,
     pending: Pending,
     decoded: Vec<Decoded>,
     started: bool,
@@ -322,7 +321,7 @@ impl Tailer {
             notices,
             notices_tx,
             dirty_dirs: HashSet::new(),
-            by_dir: None,
+            index: None,
             pending: Pending::default(),
             decoded: Vec::new(),
             started: false,
@@ -467,25 +466,29 @@ impl Tailer {
     }
 
     fn mark_dir_ready(&mut self, dir: &Path) {
-        let (files, layout) = (&self.files, &self.s.layout);
-        let by_dir = self.by_dir.get_or_insert_with(|| {
-            let mut m: HashMap<PathBuf, Vec<FileKey>> = HashMap::new();
-            for (key, f) in files {
-                // Where the file is (a Docker log: its target) and where the kubelet lists it.
-                let read_at = f.found.path.parent().map(Path::to_path_buf);
-                let listed = Path::new(&f.found.host_path)
-                    .parent()
-                    .map(|p| layout.under_root(p));
-                let listed = listed.filter(|l| Some(l) != read_at.as_ref());
-                for d in [read_at, listed].into_iter().flatten() {
-                    m.entry(d).or_default().push(*key);
-                }
-            }
-            m
-        });
-        if let Some(keys) = by_dir.get(dir) {
+        let index = self
+            .index
+            .get_or_insert_with(|| FileIndex::build(&self.files, &self.s.layout));
+        if let Some(keys) = index.by_dir.get(dir) {
             self.ready.extend(keys.iter().copied());
         }
+    }
+
+    /// Starts following a file.
+    fn adopt(&mut self, key: FileKey, f: TailFile) {
+        self.files.insert(key, f);
+        self.index = None;
+        self.order.push(key);
+        self.ready.insert(key);
+    }
+
+    /// Stops following a file.
+    fn forget(&mut self, key: FileKey) -> Option<TailFile> {
+        let f = self.files.remove(&key)?;
+        self.index = None;
+        self.order.retain(|k| *k != key);
+        self.ready.remove(&key);
+        Some(f)
     }
 
     fn watch(&mut self, dir: &Path) {
@@ -799,10 +802,7 @@ impl Tailer {
         {
             // A closed file's inode now holds another file: the old one went away, maybe into
             // a `.gz` this scan has yet to see (see `apply_scan`).
-            if let Some(old) = self.files.remove(&key) {
-                self.by_dir = None;
-                self.order.retain(|k| *k != key);
-                self.ready.remove(&key);
+            if let Some(old) = self.forget(key) {
                 self.displaced.push(old);
             }
         }
@@ -828,7 +828,7 @@ impl Tailer {
                 }
             }
             if f.found.path != found.path || f.found.host_path != found.host_path {
-                self.by_dir = None;
+                self.index = None;
             }
             // A file found empty (as each new `0.log` is) gets its fingerprint once it has a
             // first line, even when it is not read yet (its sink full, an older file of its
@@ -900,10 +900,7 @@ impl Tailer {
             joiner: None,
         };
         tracing::debug!(path = %f.found.host_path, offset, "following a new log file");
-        self.files.insert(key, f);
-        self.by_dir = None;
-        self.order.push(key);
-        self.ready.insert(key);
+        self.adopt(key, f);
     }
 
     /// A `.gz` is read unless what it holds was shipped from the file it was made of: from
@@ -930,7 +927,7 @@ impl Tailer {
             f.fingerprint == Some(fp) && !f.from_gz && matches!(f.life, Life::Gone { .. })
         }) {
             f.found.host_path.clone_from(&found.host_path);
-            self.by_dir = None;
+            self.index = None;
         }
         if self.shipped.contains_key(&fp) {
             return;
@@ -1028,9 +1025,7 @@ impl Tailer {
         }
         tracing::info!(path = %found.host_path, offset, "reading the rest of a file rotated and compressed while it was unread");
         if let Some(old) = original {
-            self.files.remove(&old);
-            self.order.retain(|k| *k != old);
-            self.ready.remove(&old);
+            self.forget(old);
         }
         // The copy's checkpoint replaces the original's in one commit, so that a restart finds
         // one or the other.
@@ -1073,10 +1068,7 @@ impl Tailer {
             from_gz: true,
             joiner: None,
         };
-        self.files.insert(key, f);
-        self.by_dir = None;
-        self.order.push(key);
-        self.ready.insert(key);
+        self.adopt(key, f);
         true
     }
 
@@ -1104,57 +1096,33 @@ impl Tailer {
             return false;
         }
         let mut progressed = false;
-        // Where a container instance has several files (around a rotation), an older one's size
-        // may predate its last writes (made just before the rename, not read yet): look again,
-        // or the newer file would be read ahead of lines the older one still has.
-        let mut group: HashMap<(&str, u32), u32> = HashMap::new();
-        for f in self.files.values() {
-            if let Some(l) = lineage(f) {
-                *group.entry(l).or_default() += 1;
+        let index = self
+            .index
+            .get_or_insert_with(|| FileIndex::build(&self.files, &self.s.layout));
+        let mut blocked: Vec<FileKey> = Vec::new();
+        for group in &index.siblings {
+            // Where a container instance has several files (around a rotation), an older one's
+            // size may predate its last writes (made just before the rename, not read yet): look
+            // again, or the newer file would be read ahead of lines the older one still has.
+            for key in group {
+                if let Some(f) = self.files.get_mut(key)
+                    && f.unread() == 0
+                    && let Some(Handle::Plain(file)) = &f.handle
+                    && let Ok(meta) = file.metadata()
+                    && meta.len() > f.size
+                {
+                    f.size = meta.len();
+                    self.ready.insert(*key);
+                }
+            }
+            // Of its files only the oldest with lines left is read: order is kept across
+            // rotation, also when several rotated (or compressed) files wait, as after loglet
+            // was down through rotations.
+            let files = || group.iter().filter_map(|k| self.files.get(k));
+            if let Some(oldest) = files().filter(|f| f.unread() > 0).map(age).min() {
+                blocked.extend(files().filter(|f| oldest < age(f)).map(|f| f.key));
             }
         }
-        let crowded: HashSet<FileKey> = self
-            .files
-            .values()
-            .filter(|f| f.unread() == 0 && lineage(f).is_some_and(|l| group.get(&l) > Some(&1)))
-            .map(|f| f.key)
-            .collect();
-        for key in crowded {
-            if let Some(f) = self.files.get_mut(&key)
-                && let Some(Handle::Plain(file)) = &f.handle
-                && let Ok(meta) = file.metadata()
-                && meta.len() > f.size
-            {
-                f.size = meta.len();
-                self.ready.insert(key);
-            }
-        }
-        // Of each container instance's files, only the oldest with lines left is read: order is
-        // kept across rotation, also when several rotated (or compressed) files wait, as after
-        // loglet was down through rotations.
-        // Between two files at the same name (a rename not seen yet), the one known longer is
-        // the older.
-        type Age<'a> = ((bool, &'a str), Instant);
-        fn age(f: &TailFile) -> Age<'_> {
-            (rotation_age(&f.found.host_path), f.first_seen)
-        }
-        let mut oldest: HashMap<(&str, u32), Age<'_>> = HashMap::new();
-        for f in self.files.values().filter(|f| f.unread() > 0) {
-            let Some(l) = lineage(f) else {
-                continue;
-            };
-            let a = age(f);
-            oldest
-                .entry(l)
-                .and_modify(|o| *o = (*o).min(a))
-                .or_insert(a);
-        }
-        let blocked: HashSet<FileKey> = self
-            .files
-            .values()
-            .filter(|f| lineage(f).is_some_and(|l| oldest.get(&l).is_some_and(|o| *o < age(f))))
-            .map(|f| f.key)
-            .collect();
         let order = self.order.clone();
         for key in order {
             if !self.ready.contains(&key) || blocked.contains(&key) {
@@ -1699,10 +1667,9 @@ impl Tailer {
 
     /// Lets a file go: closes it and forgets its checkpoint once what came before is delivered.
     fn finish(&mut self, key: FileKey, lost: u64, reason: &'static str) {
-        let Some(f) = self.files.remove(&key) else {
+        let Some(f) = self.forget(key) else {
             return;
         };
-        self.by_dir = None;
         if lost > 0 {
             self.metrics
                 .lost_bytes
@@ -1710,8 +1677,6 @@ impl Tailer {
                 .inc_by(lost);
             tracing::warn!(path = %f.found.host_path, bytes = lost, reason, "log bytes lost: the file went away before loglet read them");
         }
-        self.order.retain(|k| *k != key);
-        self.ready.remove(&key);
         let update = match f.fingerprint {
             Some(fp) => {
                 self.shipped.insert(fp, key);
@@ -2097,6 +2062,43 @@ const OPEN_FILE_RESERVE: usize = 64;
 
 /// The files that follow one another through rotation: a container instance's (its directory
 /// and restart count), or the successive files at one name in a Pod volume.
+/// Where a file stands in its container instance's rotation: the current file last; between
+/// two files at the same name (a rename not seen yet), the one known longer is the older.
+fn age(f: &TailFile) -> ((bool, &str), Instant) {
+    (rotation_age(&f.found.host_path), f.first_seen)
+}
+
+/// Lookups over the set of files, built when first needed after files came, went or moved.
+struct FileIndex {
+    /// The files of each directory, for inotify's "modified" (thousands a second on a busy node).
+    by_dir: HashMap<PathBuf, Vec<FileKey>>,
+    /// The files of each container instance with more than one (around a rotation).
+    siblings: Vec<Vec<FileKey>>,
+}
+
+impl FileIndex {
+    fn build(files: &HashMap<FileKey, TailFile>, layout: &Layout) -> FileIndex {
+        let mut by_dir: HashMap<PathBuf, Vec<FileKey>> = HashMap::new();
+        let mut lineages: HashMap<(&str, u32), Vec<FileKey>> = HashMap::new();
+        for (key, f) in files {
+            // Where the file is (a Docker log: its target) and where the kubelet lists it.
+            let read_at = f.found.path.parent().map(Path::to_path_buf);
+            let listed = Path::new(&f.found.host_path)
+                .parent()
+                .map(|p| layout.under_root(p));
+            let listed = listed.filter(|l| Some(l) != read_at.as_ref());
+            for d in [read_at, listed].into_iter().flatten() {
+                by_dir.entry(d).or_default().push(*key);
+            }
+            if let Some(l) = lineage(f) {
+                lineages.entry(l).or_default().push(*key);
+            }
+        }
+        let siblings = lineages.into_values().filter(|g| g.len() > 1).collect();
+        FileIndex { by_dir, siblings }
+    }
+}
+
 fn lineage(f: &TailFile) -> Option<(&str, u32)> {
     match f.found.origin {
         Origin::Container => container_dir(&f.found.host_path).map(|d| (d, f.found.restart)),
