@@ -111,6 +111,8 @@ pub fn start(
         // Each request in flight holds a body; one more is being encoded, with its copy.
         bodies: BufferPool::new(cfg.request.concurrency + 2, MAX_POOLED_BODY),
         compression,
+        max_records: cfg.batch.max_records,
+        max_bytes: cfg.batch.max_bytes.0,
         initial_backoff: cfg.request.retry_initial_backoff.0,
         max_backoff: cfg.request.retry_max_backoff.0,
         metrics,
@@ -137,6 +139,9 @@ struct Shared {
     /// Request bodies, raw and compressed, reused across requests.
     bodies: Arc<BufferPool>,
     compression: Compression,
+    /// What one request may carry: records, and bytes of log lines.
+    max_records: usize,
+    max_bytes: u64,
     initial_backoff: Duration,
     max_backoff: Duration,
     metrics: Arc<Metrics>,
@@ -218,12 +223,35 @@ async fn deliver(shared: &Shared, batches: Vec<Arc<Batch>>) {
             None => groups.push((t, vec![r])),
         }
     }
+    // Batches are gathered until they reach the limits, so together they pass them: each
+    // request takes what fits, one after the other, and a body stays the size the limits say.
     for (tenant, todo) in groups {
-        deliver_group(shared, todo, tenant.as_deref()).await;
+        let mut rest = todo.as_slice();
+        while !rest.is_empty() {
+            let n = request_len(rest, shared.max_records, shared.max_bytes);
+            let (now, later) = rest.split_at(n);
+            deliver_group(shared, now.to_vec(), tenant.as_deref()).await;
+            rest = later;
+        }
     }
     for b in &batches {
         b.ack.done();
     }
+}
+
+/// How many of `records` (at least one) go in the next request: at most `max_records`, and no
+/// more than `max_bytes` of lines unless the first alone is longer.
+fn request_len(records: &[&Record], max_records: usize, max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    let fit = records
+        .iter()
+        .take(max_records.max(1))
+        .take_while(|r| {
+            bytes += r.line.len() as u64;
+            bytes <= max_bytes
+        })
+        .count();
+    fit.max(1)
 }
 
 /// Sends records of one tenant until the backend has taken or refused every one.
@@ -388,6 +416,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_takes_what_fits_and_at_least_one_record() {
+        let source = encode::tests::rich_source();
+        let rec = |n: usize| {
+            encode::tests::record(&source, &vec![b'x'; n], 0, crate::record::Stream::Stdout)
+        };
+        let records: Vec<Record> = [10, 20, 30, 40].into_iter().map(rec).collect();
+        let refs: Vec<&Record> = records.iter().collect();
+        assert_eq!(request_len(&refs, 10, 1000), 4);
+        assert_eq!(request_len(&refs, 3, 1000), 3);
+        assert_eq!(request_len(&refs, 10, 30), 2, "10 + 20 fit in 30 bytes");
+        assert_eq!(request_len(&refs, 10, 29), 1);
+        assert_eq!(
+            request_len(&refs[3..], 10, 5),
+            1,
+            "a line longer than the limit goes alone"
+        );
+    }
+
+    #[test]
     fn backoff_grows_with_jitter_and_honours_retry_after() {
         let shared = Shared {
             name: "t".into(),
@@ -398,6 +445,8 @@ mod tests {
             transport: Transport::Stdout,
             bodies: BufferPool::new(1, MAX_POOLED_BODY),
             compression: Compression::None,
+            max_records: 1,
+            max_bytes: 1,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             metrics: Metrics::new(),

@@ -806,6 +806,38 @@ async fn compression_is_the_formats_own_unless_the_config_chooses() {
     }
 }
 
+// ---- Request size ----
+
+#[tokio::test]
+async fn batches_gathered_past_the_limits_go_in_requests_within_them() {
+    let backend = Backend::start(Kind::Http).await;
+    // Two batches of 5 records of 100-byte lines, to a sink that takes at most 300 bytes of
+    // lines per request: each batch is past the limit, and goes as requests of 3 and 2.
+    let options = "    type: http\n    batch: {max_bytes: 300, timeout: 200ms}\n";
+    let s = Running::start(&sink(&backend.url, options)).unwrap();
+    let source = web_source("web-1", "uid-1");
+    let line = |i: usize| format!("{i:0100}");
+    for b in 0..2 {
+        let batch = (0..5)
+            .map(|i| rec(&source, &line(b * 5 + i), T0 + i as i64, Stream::Stdout))
+            .collect();
+        s.send(batch).await;
+    }
+    assert!(eventually(WITHIN, || s.all_acked()).await);
+    let got = backend.received();
+    let sizes: Vec<usize> = got.requests.iter().map(|r| r.body_bytes).collect();
+    assert_eq!(got.stored(), 10, "{sizes:?}");
+    assert_eq!(got.requests.len(), 4, "{sizes:?}");
+    let mut messages: Vec<String> = got
+        .http
+        .iter()
+        .map(|v| v["message"].as_str().unwrap().to_string())
+        .collect();
+    messages.sort();
+    assert_eq!(messages, (0..10).map(line).collect::<Vec<_>>());
+    assert_eq!(s.requests("delivered"), 4);
+}
+
 // ---- Retry-After ----
 
 #[tokio::test]
