@@ -10,6 +10,8 @@ WORKDIR /build
 # change, not on every change to src/. Cargo checks that every declared bench, test and example
 # exists, and the image needs none of them, so their tables are left out of the manifest here.
 COPY Cargo.toml Cargo.lock ./
+# Build settings (jemalloc's defaults): without them the image's binary would differ from ours.
+COPY .cargo .cargo
 RUN awk '/^\[/ { skip = /^\[\[(bench|test|example)\]\]/ } !skip' Cargo.toml > Cargo.image.toml \
  && mv Cargo.image.toml Cargo.toml \
  && mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \

@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use loglet::config::{Config, OwnLogFormat};
 
+/// jemalloc, with its background thread giving freed pages back to the kernel after its decay
+/// time: with glibc's malloc, the heap grown by a catch-up (an outage's backlog) stayed resident
+/// for good (docs/performance.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "loglet",

@@ -1531,3 +1531,25 @@ fn the_metric_name_scan_sees_only_whole_names() {
         ["loglet_sink_errors_total"]
     );
 }
+
+/// The image is built with the build settings of `.cargo/config.toml` (jemalloc's defaults,
+/// src/main.rs): the build stage copies it before its first `cargo build`, and `.dockerignore`
+/// lets it into the context.
+#[test]
+fn the_image_is_built_with_the_repositorys_cargo_settings() {
+    let docker = read("Dockerfile");
+    let copy = docker
+        .find("COPY .cargo .cargo")
+        .expect("the Dockerfile copies .cargo");
+    let build = docker.find("cargo build").expect("the Dockerfile builds");
+    assert!(
+        copy < build,
+        ".cargo is copied before the first cargo build"
+    );
+    let ignore = read(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "!.cargo/"),
+        ".dockerignore lets .cargo/ into the context"
+    );
+    assert!(read(".cargo/config.toml").contains("JEMALLOC_SYS_WITH_MALLOC_CONF"));
+}
