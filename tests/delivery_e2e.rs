@@ -105,6 +105,18 @@ fn a_backend_answering_503_for_a_while_loses_nothing_and_memory_stays_flat() {
         l.metric("loglet_sink_dropped_records_total{reason=\"rejected\",sink=\"es\"}"),
         0.0
     );
+    // The catch-up's buffers go back to the system (jemalloc's decay, src/main.rs): no step is
+    // left behind in RSS.
+    let limit = before + 4 * 1024;
+    let after = wait_until(
+        Duration::from_secs(20),
+        &format!("RSS back under {limit} KiB after the catch-up (before the outage: {before} KiB)"),
+        || {
+            let now = l.memory_kib("VmRSS");
+            (now <= limit).then_some(now)
+        },
+    );
+    eprintln!("rss after the catch-up {after} KiB");
     assert_eq!(l.stop(), 0);
 }
 
