@@ -668,6 +668,13 @@ impl Tailer {
         }
         let (gz, plain): (Vec<Found>, Vec<Found>) =
             found.into_iter().partition(|f| f.kind == FileKind::Gz);
+        // Where this scan found an `N.log`: a file known there before and gone now was rotated
+        // away (renamed, then compressed or deleted) between two scans.
+        let current: HashSet<PathBuf> = plain
+            .iter()
+            .filter(|f| f.kind == FileKind::Current)
+            .map(|f| f.path.clone())
+            .collect();
         for f in plain {
             self.on_found(f);
         }
@@ -681,6 +688,9 @@ impl Tailer {
             .collect();
         for &k in &gone {
             if let Some(f) = self.files.get_mut(&k) {
+                if f.found.kind == FileKind::Current && current.contains(&f.found.path) {
+                    self.metrics.rotations.with_label_values(&["rename"]).inc();
+                }
                 f.life = Life::Gone {
                     since: Instant::now(),
                 };
@@ -803,6 +813,9 @@ impl Tailer {
             // A closed file's inode now holds another file: the old one went away, maybe into
             // a `.gz` this scan has yet to see (see `apply_scan`).
             if let Some(old) = self.forget(key) {
+                if old.found.kind == FileKind::Current && old.found.path == found.path {
+                    self.metrics.rotations.with_label_values(&["rename"]).inc();
+                }
                 self.displaced.push(old);
             }
         }

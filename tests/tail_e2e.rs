@@ -185,6 +185,30 @@ fn rotation_while_writing_loses_and_duplicates_nothing() {
     assert_eq!(l.stop(), 0);
 }
 
+/// A rotation counts once, whether loglet saw the renamed file or only found it gone (renamed
+/// and compressed between two of its scans, as a fast kubelet pass or a busy node does).
+#[test]
+fn a_rotation_compressed_at_once_is_counted_once() {
+    let node = Node::new();
+    let work = node.root().join("work");
+    let mut c = node.container("ns", "quick-0", "uid-quick", "app");
+    c.line("stdout", b"before");
+    let l = Loglet::start(node.root(), &work, &config("", STDOUT_SINK));
+    wait_for_records(&l, 1);
+    let rotated = c.rotate();
+    c.gzip(&rotated);
+    c.line("stdout", b"after");
+    wait_for_records(&l, 2);
+    let got = by_container(&l.stdout_records());
+    assert_eq!(got["ns/quick-0/app"], ["before", "after"]);
+    wait_until(Duration::from_secs(10), "the rotation counted", || {
+        (l.metric("loglet_rotations_total{kind=\"rename\"}") >= 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(l.metric("loglet_rotations_total{kind=\"rename\"}"), 1.0);
+    assert_eq!(l.stop(), 0);
+}
+
 #[test]
 fn lines_of_a_deleted_pod_directory_still_arrive() {
     let node = Node::new();
